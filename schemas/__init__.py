@@ -1,0 +1,1 @@
+"""Pydantic models shared by the workflow, activities, workers and clients of posflow."""

@@ -1,0 +1,68 @@
+"""The documents a merchant supplies (申请资料) and the field-level issues found in them."""
+
+from __future__ import annotations
+
+from datetime import date
+from enum import StrEnum
+
+from pydantic import Field
+
+from schemas.application import Model
+
+
+class DocumentKind(StrEnum):
+    IDENTITY_CARD = "identity_card"  # 身份证 of the legal representative
+    PASSPORT = "passport"  # for a foreign legal representative
+    BUSINESS_LICENCE = "business_licence"  # 营业执照
+    TAX_REGISTRATION = "tax_registration"  # 税务登记证 (legacy licence only)
+    ORGANISATION_CODE = "organisation_code"  # 组织机构代码证 (legacy licence only)
+    BANK_ACCOUNT_PROOF = "bank_account_proof"  # 结算账户证明
+    PREMISES_PHOTOS = "premises_photos"  # 经营场所照片
+
+
+class Document(Model):
+    """One document as captured by the front end: the file reference and the data read off it."""
+
+    kind: DocumentKind
+    file_id: str = Field(min_length=1, max_length=200)  # where the scan is stored; never the bytes
+    number: str = Field(default="", max_length=40)  # ID, licence, certificate or account number
+    holder_name: str = Field(default="", max_length=120)
+    expires_on: date | None = None  # None: long-term (长期有效) or not applicable
+
+
+class IssueCode(StrEnum):
+    REQUIRED = "required"
+    INVALID_FORMAT = "invalid_format"
+    CHECKSUM = "checksum"
+    INVALID_BIRTH_DATE = "invalid_birth_date"
+    EXPIRED = "expired"
+    NAME_MISMATCH = "name_mismatch"
+    NUMBER_MISMATCH = "number_mismatch"
+    NOT_APPLICABLE = "not_applicable"
+
+
+class FieldIssue(Model):
+    """One problem with one field; `message` is for people and never holds a personal number."""
+
+    field: str
+    code: IssueCode
+    message: str
+
+
+class DocumentSubmission(Model):
+    """Documents submitted or supplemented in one go; `submission_id` makes a resend harmless."""
+
+    submission_id: str = Field(min_length=1, max_length=80)
+    documents: list[Document] = Field(min_length=1, max_length=20)
+
+
+class ValidationReport(Model):
+    """The outcome of validating the documents on file for an application."""
+
+    issues: list[FieldIssue] = Field(default_factory=list)
+    missing: list[DocumentKind] = Field(default_factory=list)
+    accepted: list[DocumentKind] = Field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.issues and not self.missing
