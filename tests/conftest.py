@@ -1,0 +1,86 @@
+"""One Temporal environment per test session, chosen with `--workflow-environment`:
+`time-skipping` (default: the test server, timers skipped), `local` (a real dev server started
+here), or `host:port` (an already running server)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from workers.temporal import DATA_CONVERTER, register_search_attributes
+
+BIN = Path(sys.executable).parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--workflow-environment",
+        default="time-skipping",
+        help="time-skipping | local | host:port (default: time-skipping)",
+    )
+
+
+def _binary(name: str) -> str:
+    found = BIN / name
+    if found.exists():
+        return str(found)
+    on_path = shutil.which(name)
+    if on_path is None:
+        raise RuntimeError(f"{name} not found: install the project with its dev extras")
+    return on_path
+
+
+@pytest.fixture(scope="session")
+def environment_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.config.getoption("--workflow-environment"))
+
+
+@pytest.fixture(scope="session")
+async def real_server(environment_kind: str) -> AsyncIterator[WorkflowEnvironment | None]:
+    """One real server for the whole session (`local` or `host:port`); None for time-skipping."""
+    if environment_kind == "time-skipping":
+        yield None
+        return
+    if environment_kind == "local":
+        environment = await WorkflowEnvironment.start_local(
+            data_converter=DATA_CONVERTER,
+            dev_server_existing_path=_binary("temporal"),
+            dev_server_extra_args=["--sqlite-pragma", "journal_mode=wal"],
+        )
+    else:
+        client = await Client.connect(environment_kind, data_converter=DATA_CONVERTER)
+        environment = WorkflowEnvironment.from_client(client)
+    await register_search_attributes(environment.client)
+    yield environment
+    await environment.shutdown()
+
+
+@pytest.fixture
+async def env(real_server: WorkflowEnvironment | None) -> AsyncIterator[WorkflowEnvironment]:
+    """The Temporal environment of one test.
+
+    On time-skipping each test gets its own test server (about 0.1 s to start): its clock is
+    shared by everything on it, so one test's skipped days must not wake or stall another's runs.
+    """
+    if real_server is not None:
+        yield real_server
+        return
+    environment = await WorkflowEnvironment.start_time_skipping(
+        data_converter=DATA_CONVERTER, test_server_existing_path=_binary("temporal-test-server")
+    )
+    await register_search_attributes(environment.client)
+    yield environment
+    await environment.shutdown()
+
+
+@pytest.fixture
+def unit(env: WorkflowEnvironment) -> timedelta:
+    """One "day" of the test policies: a real day where time skips, a second on a real server."""
+    return timedelta(days=1) if env.supports_time_skipping else timedelta(seconds=1)

@@ -1,0 +1,212 @@
+"""Stand-in activities for workflow tests, registered under the real activity names.
+
+They answer as the services would (case ids, serials, MIDs, TIDs, tracking numbers), record every
+call in order, and can be told to fail or decline, so a test asserts on which steps ran.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities import catalog
+from activities.documents import validate_documents
+from schemas import steps
+from schemas.documents import ValidationReport
+from schemas.policy import RiskLevel
+
+Req = TypeVar("Req", bound=steps.Step)
+
+
+@dataclass
+class Call:
+    name: str
+    request: BaseModel
+
+    @property
+    def application_id(self) -> str:
+        return str(getattr(self.request, "application_id", ""))
+
+
+@dataclass
+class StandIns:
+    risk: RiskLevel = RiskLevel.LOW
+    calls: list[Call] = field(default_factory=list)
+    failures: dict[str, int] = field(default_factory=dict)  # name -> failures left, -1: always
+    declines: int = 0  # how many test transactions to decline before approving
+    _numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def fail(self, name: str, times: int = -1) -> None:
+        self.failures[name] = times
+
+    def heal(self, name: str) -> None:
+        self.failures.pop(name, None)
+
+    def names(self, *, including_notices: bool = False) -> list[str]:
+        return [
+            c.name for c in self.calls if including_notices or c.name != catalog.NOTIFY_MERCHANT
+        ]
+
+    def notices(self) -> list[str]:
+        return [
+            str(getattr(c.request, "notice", ""))
+            for c in self.calls
+            if c.name == catalog.NOTIFY_MERCHANT
+        ]
+
+    def requests(self, name: str) -> list[Any]:
+        return [c.request for c in self.calls if c.name == name]
+
+    def _record(self, name: str, request: BaseModel) -> int:
+        left = self.failures.get(name, 0)
+        if left:
+            self.failures[name] = left - 1 if left > 0 else left
+            raise ApplicationError(f"{name}: the service answered 503", type="ServiceUnavailable")
+        self.calls.append(Call(name, request))
+        return next(self._numbers)
+
+    def activities(self) -> list[Callable[..., Any]]:
+        s = self
+
+        def answer(
+            name: str, make: Callable[[Any, int], BaseModel], request_type: type[Req]
+        ) -> Callable[..., Any]:
+            async def run(request: Req) -> BaseModel:
+                return make(request, s._record(name, request))
+
+            run.__annotations__ = {"request": request_type, "return": BaseModel}
+            return activity.defn(name=name)(run)
+
+        now = lambda: datetime.now(UTC)  # noqa: E731
+
+        def undone(r: Any, n: int) -> steps.Undone:
+            return steps.Undone(reference=f"U{n}")
+
+        def test_transaction(r: steps.RunTestTransaction, n: int) -> steps.TestTransactionResult:
+            left = s.declines
+            s.declines = max(left - 1, 0)
+            return steps.TestTransactionResult(
+                serial=r.serial,
+                approved=left == 0,
+                reference=f"TX{n:06d}",
+                response_code="05" if left else "00",
+            )
+
+        @activity.defn(name=catalog.VALIDATE_DOCUMENTS)
+        async def validate(request: steps.ValidateDocuments) -> ValidationReport:
+            s._record(catalog.VALIDATE_DOCUMENTS, request)
+            return await validate_documents(request)  # the real rules: they are pure
+
+        return [
+            validate,
+            answer(
+                catalog.NOTIFY_MERCHANT,
+                lambda r, n: steps.Notified(notification_id=f"N{n}"),
+                steps.NotifyMerchant,
+            ),
+            answer(
+                catalog.OPEN_REVIEW_CASE,
+                lambda r, n: steps.ReviewCaseOpened(
+                    case_id=f"RC-{r.application_id}", risk_level=s.risk
+                ),
+                steps.OpenReviewCase,
+            ),
+            answer(
+                catalog.REQUEST_SITE_SURVEY,
+                lambda r, n: steps.SiteSurveyRequested(survey_id=f"SV-{r.application_id}"),
+                steps.RequestSiteSurvey,
+            ),
+            answer(
+                catalog.ESCALATE_REVIEW,
+                lambda r, n: steps.Escalated(escalation_id=f"E{n}"),
+                steps.EscalateReview,
+            ),
+            answer(catalog.CLOSE_REVIEW_CASE, undone, steps.CloseReviewCase),
+            answer(
+                catalog.ISSUE_CONTRACT,
+                lambda r, n: steps.ContractIssued(
+                    contract_id=f"CT-{r.application_id}", signing_url=f"https://sign.example/{n}"
+                ),
+                steps.IssueContract,
+            ),
+            answer(catalog.VOID_CONTRACT, undone, steps.VoidContract),
+            answer(
+                catalog.REFUND_DEPOSIT,
+                lambda r, n: steps.Refunded(refund_id=f"RF{n}"),
+                steps.RefundDeposit,
+            ),
+            answer(
+                catalog.RESERVE_TERMINALS,
+                lambda r, n: steps.TerminalsReserved(
+                    reservation_id=f"RS{n}",
+                    serials=[f"SN{n:04d}{i:02d}" for i in range(r.quantity)],
+                ),
+                steps.ReserveTerminals,
+            ),
+            answer(
+                catalog.REGISTER_TERMINALS,
+                lambda r, n: steps.TerminalsRegistered(
+                    mid=f"898310{n:09d}",
+                    terminals=[
+                        steps.TerminalIds(serial=sn, tid=f"T{n:04d}{i:03d}")
+                        for i, sn in enumerate(r.serials)
+                    ],
+                ),
+                steps.RegisterTerminals,
+            ),
+            answer(catalog.RELEASE_TERMINALS, undone, steps.ReleaseTerminals),
+            answer(
+                catalog.CREATE_SHIPMENT,
+                lambda r, n: steps.ShipmentCreated(
+                    shipment_id=f"SH{n}", carrier="SF Express", tracking_number=f"SF{n:010d}"
+                ),
+                steps.CreateShipment,
+            ),
+            answer(
+                catalog.BOOK_INSTALLATION,
+                lambda r, n: steps.InstallationBooked(
+                    appointment_id=f"AP{n}", scheduled_for=now() + timedelta(days=2)
+                ),
+                steps.BookInstallation,
+            ),
+            answer(catalog.RECALL_SHIPMENT, undone, steps.RecallShipment),
+            answer(catalog.CANCEL_INSTALLATION, undone, steps.CancelInstallation),
+            answer(
+                catalog.ARRANGE_RETURN,
+                lambda r, n: steps.ReturnArranged(
+                    return_id=f"RT{n}", tracking_number=f"SF{n:010d}"
+                ),
+                steps.ArrangeReturn,
+            ),
+            answer(
+                catalog.ISSUE_ACTIVATION_CODES,
+                lambda r, n: steps.ActivationCodesIssued(
+                    codes=[
+                        steps.ActivationCode(serial=t.serial, code=f"{n:03d}{i:03d}")
+                        for i, t in enumerate(r.terminals)
+                    ]
+                ),
+                steps.IssueActivationCodes,
+            ),
+            answer(catalog.RUN_TEST_TRANSACTION, test_transaction, steps.RunTestTransaction),
+            answer(
+                catalog.SCHEDULE_TRAINING,
+                lambda r, n: steps.TrainingScheduled(
+                    session_id=f"TR{n}", scheduled_for=now() + timedelta(days=1)
+                ),
+                steps.ScheduleTraining,
+            ),
+            answer(catalog.CANCEL_TRAINING, undone, steps.CancelTraining),
+            answer(
+                catalog.ENABLE_ACQUIRING,
+                lambda r, n: steps.AcquiringEnabled(enabled_at=now()),
+                steps.EnableAcquiring,
+            ),
+        ]

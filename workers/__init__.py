@@ -1,0 +1,1 @@
+"""Worker entry points and the one place Temporal clients and workers are configured."""

@@ -1,0 +1,1 @@
+"""The onboarding workflow: deterministic process logic only, no I/O."""

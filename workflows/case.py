@@ -1,0 +1,415 @@
+"""The record one onboarding workflow keeps of its application, and the rules for messages to it.
+
+Everything here is deterministic and free of I/O: the workflow module passes it through the
+sandbox, so it is imported once per worker rather than once per workflow run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import SearchAttributeUpdate
+from temporalio.exceptions import ApplicationError
+
+from activities.documents import required_documents
+from schemas.documents import Document, DocumentKind, FieldIssue
+from schemas.messages import (
+    Ack,
+    AdminAction,
+    CancelRequest,
+    ContractEvent,
+    ContractEventKind,
+    DeliveryOutcome,
+    Refusal,
+    ReviewDecision,
+    ReviewOutcome,
+    SiteSurveyResult,
+    TerminalActivated,
+    TrainingCompleted,
+)
+from schemas.status import (
+    ApplicationStatus,
+    Attention,
+    AttentionKind,
+    ContractState,
+    Deadlines,
+    DocumentState,
+    Installation,
+    OnboardingStart,
+    ReviewRound,
+    ReviewState,
+    Shipment,
+    Stage,
+    Terminal,
+    TimelineEvent,
+)
+from workflows import search_attributes as sa
+
+# China has no daylight saving time: a fixed offset gives the merchant's calendar date.
+CHINA = timezone(timedelta(hours=8), "CST")
+
+# Stages in which a withdrawal is still possible (go-live is the point of no return).
+WITHDRAWABLE = {
+    Stage.COLLECTING_DOCUMENTS,
+    Stage.SITE_SURVEY,
+    Stage.IN_REVIEW,
+    Stage.CONTRACT,
+    Stage.PREPARING_DEVICES,
+    Stage.DELIVERING,
+    Stage.ACTIVATING,
+    Stage.TRAINING,
+}
+
+
+def refuse(kind: Refusal, message: str) -> ApplicationError:
+    """A refusal the caller sees; it names the rule and never carries personal data."""
+    return ApplicationError(message, type=kind.value, non_retryable=True)
+
+
+class Ended(Exception):
+    """The application ends before go-live: withdrawn, expired or rejected."""
+
+    def __init__(self, stage: Stage, reason: str) -> None:
+        super().__init__(reason)
+        self.stage = stage
+        self.reason = reason
+
+
+@dataclass
+class Undo:
+    """One compensation, run in reverse order of the steps that made it necessary."""
+
+    label: str
+    run: Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Case:
+    start: OnboardingStart
+    stage: Stage = Stage.COLLECTING_DOCUMENTS
+    round: int = 1
+    stage_entered_at: datetime = field(default_factory=workflow.now)
+    started_at: datetime = field(default_factory=workflow.now)
+    deadlines: Deadlines = field(default_factory=Deadlines)
+    documents: dict[DocumentKind, Document] = field(default_factory=dict)
+    requested_documents: list[DocumentKind] = field(default_factory=list)
+    document_issues: list[FieldIssue] = field(default_factory=list)
+    review: ReviewState = field(default_factory=ReviewState)
+    decision: ReviewDecision | None = None
+    survey: SiteSurveyResult | None = None
+    contract: ContractState = field(default_factory=ContractState)
+    reservation_id: str | None = None
+    mid: str | None = None
+    terminals: dict[str, Terminal] = field(default_factory=dict)
+    shipment: Shipment | None = None
+    installation: Installation | None = None
+    delivery: DeliveryOutcome | None = None
+    training_session_id: str | None = None
+    training: TrainingCompleted | None = None
+    attention: Attention | None = None
+    admin_verb: str | None = None
+    cancel: CancelRequest | None = None
+    closing: bool = False
+    timeline: list[TimelineEvent] = field(default_factory=list)
+    stage_entered: dict[str, datetime] = field(default_factory=dict)
+    acks: dict[str, Ack] = field(default_factory=dict)
+    undo: list[Undo] = field(default_factory=list)
+    compensated: list[str] = field(default_factory=list)
+    notices_sent: int = 0
+    _published: dict[str, Any] = field(default_factory=dict)
+
+    # --- the record ---------------------------------------------------------------------------
+
+    @property
+    def app_id(self) -> str:
+        return self.start.application.application_id
+
+    @property
+    def workflow_id(self) -> str:
+        return self.start.application.workflow_id
+
+    def key(self, step: str, *discriminators: object) -> str:
+        """An idempotency key for a step: the same step of the same application, the same key."""
+        return ":".join([self.workflow_id, step, *(str(d) for d in discriminators)])
+
+    def event(self, kind: str, detail: str = "", /, **data: Any) -> None:
+        self.timeline.append(
+            TimelineEvent(at=workflow.now(), stage=self.stage, kind=kind, detail=detail, data=data)
+        )
+
+    def enter(self, stage: Stage, deadline: datetime | None = None) -> None:
+        self.stage = stage
+        self.stage_entered_at = workflow.now()
+        self.stage_entered.setdefault(stage.value, self.stage_entered_at)
+        self.deadlines = Deadlines(stage_deadline=deadline)
+        self.event(
+            "stage_entered", stage.value, deadline=deadline.isoformat() if deadline else None
+        )
+        self.publish()
+
+    def set_deadline(self, deadline: datetime) -> datetime:
+        self.deadlines.stage_deadline = deadline
+        self.publish()
+        return deadline
+
+    @property
+    def withdrawn(self) -> bool:
+        return self.cancel is not None and not self.closing
+
+    def stop_if_withdrawn(self) -> None:
+        """Checked before every step and after every wait, so a withdrawal stops the process."""
+        if self.withdrawn:
+            assert self.cancel is not None
+            raise Ended(
+                Stage.CANCELLED, f"withdrawn by {self.cancel.requested_by}: {self.cancel.reason}"
+            )
+
+    def publish(self) -> None:
+        """Upsert the search attributes operators filter on, only those that changed."""
+        wanted: dict[str, Any] = {
+            sa.STAGE.name: self.stage.value,
+            sa.CHANNEL.name: self.start.application.channel.value,
+            sa.MERCHANT_TYPE.name: self.start.application.merchant.merchant_type.value,
+            sa.REVIEW_ROUND.name: self.round,
+            sa.NEEDS_ATTENTION.name: self.attention is not None,
+            sa.STAGE_DEADLINE.name: self.deadlines.stage_deadline,
+        }
+        updates: list[SearchAttributeUpdate[Any]] = []
+        for key in sa.ALL:
+            value = wanted[key.name]
+            if key.name in self._published and self._published[key.name] == value:
+                continue
+            updates.append(key.value_unset() if value is None else key.value_set(value))
+            self._published[key.name] = value
+        if updates:
+            workflow.upsert_search_attributes(updates)
+
+    def outstanding(self) -> list[DocumentKind]:
+        needed = required_documents(self.start.application, self.requested_documents)
+        return [kind for kind in needed if kind not in self.documents]
+
+    def status(self) -> ApplicationStatus:
+        app = self.start.application
+        return ApplicationStatus(
+            application_id=app.application_id,
+            workflow_id=app.workflow_id,
+            channel=app.channel.value,
+            merchant_type=app.merchant.merchant_type.value,
+            merchant_name=app.merchant.name,
+            fulfilment=app.fulfilment.value,
+            stage=self.stage,
+            round=self.round,
+            stage_entered_at=self.stage_entered_at,
+            deadlines=self.deadlines,
+            documents=DocumentState(
+                on_file=sorted(self.documents, key=list(DocumentKind).index),
+                outstanding=self.outstanding() if not self.stage.finished else [],
+                issues=self.document_issues,
+                requested_by_review=self.requested_documents,
+            ),
+            review=self.review,
+            contract=self.contract,
+            reservation_id=self.reservation_id,
+            mid=self.mid,
+            terminals=list(self.terminals.values()),
+            shipment=self.shipment,
+            installation=self.installation,
+            training_session_id=self.training_session_id,
+            attention=self.attention,
+            withdrawal_reason=self.cancel.reason if self.cancel else None,
+            timeline=self.timeline,
+        )
+
+    @property
+    def current_round(self) -> ReviewRound:
+        return self.review.rounds[-1]
+
+    @property
+    def contract_done(self) -> bool:
+        paid = self.contract.deposit_paid_at is not None or not self.start.policy.deposit_due
+        return self.contract.signed_at is not None and paid
+
+    @property
+    def all_activated(self) -> bool:
+        return all(t.activated_at is not None for t in self.terminals.values())
+
+    # --- messages: duplicates first, then the stage, then the references ----------------------
+
+    def duplicate(self, message_id: str) -> Ack | None:
+        ack = self.acks.get(message_id)
+        return ack.model_copy(update={"duplicate": True}) if ack else None
+
+    def acknowledge(self, message_id: str, detail: str) -> Ack:
+        ack = Ack(message_id=message_id, stage=self.stage.value, detail=detail, at=workflow.now())
+        self.acks[message_id] = ack
+        return ack
+
+    def expect_stage(self, message: str, *stages: Stage) -> None:
+        if self.stage not in stages:
+            wanted = " or ".join(s.value for s in stages)
+            raise refuse(
+                Refusal.FINISHED if self.stage.finished else Refusal.OUT_OF_STAGE,
+                f"{message} is accepted only in stage {wanted}; "
+                f"application {self.app_id} is in stage {self.stage.value}",
+            )
+
+    def check_decision(self, decision: ReviewDecision) -> None:
+        self.expect_stage("a review decision", Stage.IN_REVIEW)
+        if decision.case_id != self.review.case_id:
+            raise refuse(
+                Refusal.UNKNOWN_REFERENCE,
+                f"review case {decision.case_id} is not this application's",
+            )
+        if decision.round != self.round:
+            raise refuse(
+                Refusal.STALE,
+                f"decision {decision.decision_id} is for review round {decision.round}; "
+                f"the application is in round {self.round}",
+            )
+        if self.decision is not None:
+            raise refuse(
+                Refusal.STALE,
+                f"round {self.round} already has decision {self.decision.decision_id}",
+            )
+
+    def check_survey(self, result: SiteSurveyResult) -> None:
+        self.expect_stage("a site survey result", Stage.SITE_SURVEY)
+        if result.survey_id != self.review.survey_id:
+            raise refuse(
+                Refusal.UNKNOWN_REFERENCE,
+                f"site survey {result.survey_id} is not this application's",
+            )
+
+    def check_contract_event(self, event: ContractEvent) -> None:
+        self.expect_stage("a contract event", Stage.CONTRACT)
+        if event.contract_id != self.contract.contract_id:
+            raise refuse(
+                Refusal.UNKNOWN_REFERENCE, f"contract {event.contract_id} is not this application's"
+            )
+        if event.kind is ContractEventKind.SIGNED and self.contract.signed_at is not None:
+            raise refuse(Refusal.STALE, "the contract is already signed")
+        if event.kind is ContractEventKind.DEPOSIT_PAID:
+            due = self.start.policy.deposit_amount
+            if not self.start.policy.deposit_due:
+                raise refuse(Refusal.INVALID, "no deposit is due under this application's policy")
+            if self.contract.deposit_paid_at is not None:
+                raise refuse(Refusal.STALE, "the deposit is already paid")
+            if event.amount != due:
+                raise refuse(
+                    Refusal.INVALID, f"amount: the deposit due is {due}, not {event.amount}"
+                )
+
+    def check_delivery(self, outcome: DeliveryOutcome) -> None:
+        self.expect_stage("a delivery outcome", Stage.DELIVERING)
+        current = (
+            self.shipment.shipment_id
+            if self.shipment
+            else self.installation.appointment_id
+            if self.installation
+            else None
+        )
+        if outcome.reference != current:
+            raise refuse(
+                Refusal.UNKNOWN_REFERENCE,
+                f"{outcome.reference} is not the application's current shipment or appointment",
+            )
+        if self.delivery is not None:
+            raise refuse(
+                Refusal.STALE, f"the delivery outcome is already {self.delivery.kind.value}"
+            )
+
+    def check_activation(self, report: TerminalActivated) -> None:
+        self.expect_stage("an activation report", Stage.ACTIVATING)
+        terminal = self.terminals.get(report.serial)
+        if terminal is None or not terminal.activation_code_issued:
+            raise refuse(
+                Refusal.UNKNOWN_REFERENCE,
+                f"terminal {report.serial} has no activation code for this application",
+            )
+        if terminal.tid != report.tid:
+            raise refuse(
+                Refusal.INVALID,
+                f"tid: terminal {report.serial} is registered as {terminal.tid}, not {report.tid}",
+            )
+        if terminal.activated_at is not None:
+            raise refuse(Refusal.STALE, f"terminal {report.serial} is already activated")
+
+    def check_training(self, done: TrainingCompleted) -> None:
+        self.expect_stage("a training completion", Stage.TRAINING)
+        if done.session_id != self.training_session_id:
+            raise refuse(
+                Refusal.UNKNOWN_REFERENCE,
+                f"training session {done.session_id} is not this application's",
+            )
+
+    def check_cancel(self, request: CancelRequest) -> None:
+        if self.cancel is not None:
+            raise refuse(
+                Refusal.STALE,
+                f"the application is already being withdrawn ({self.cancel.request_id})",
+            )
+        if self.stage not in WITHDRAWABLE:
+            raise refuse(
+                Refusal.FINISHED if self.stage.finished else Refusal.OUT_OF_STAGE,
+                f"an application in stage {self.stage.value} can no longer be withdrawn",
+            )
+
+    def check_admin(self, verb: str, action: AdminAction) -> None:
+        if self.attention is None or self.admin_verb is not None:
+            raise refuse(Refusal.NOT_PARKED, f"nothing to {verb}: the application is not parked")
+        if verb == "retry" and not self.attention.retryable:
+            raise refuse(
+                Refusal.NOT_PARKED,
+                f"nothing to retry: the application waits on others ({self.attention.kind.value})",
+            )
+        if verb == "skip" and not self.attention.skippable:
+            raise refuse(
+                Refusal.NOT_SKIPPABLE, f"step {self.attention.step} cannot be skipped safely"
+            )
+
+    def park(
+        self,
+        kind: AttentionKind,
+        step: str,
+        reason: str,
+        *,
+        retryable: bool,
+        skippable: bool = False,
+    ) -> None:
+        self.attention = Attention(
+            kind=kind,
+            step=step,
+            reason=reason,
+            since=workflow.now(),
+            retryable=retryable,
+            skippable=skippable,
+        )
+        self.admin_verb = None
+        self.event("needs_attention", f"{step}: {reason}", attention=kind.value, step=step)
+        self.publish()
+
+    def unpark(self, how: str) -> None:
+        self.attention = None
+        self.admin_verb = None
+        self.event("attention_cleared", how)
+        self.publish()
+
+    def decision_recorded(self, decision: ReviewDecision) -> None:
+        self.decision = decision
+        self.current_round.decision_id = decision.decision_id
+        self.current_round.outcome = decision.outcome
+        self.current_round.reviewer = decision.reviewer
+        self.current_round.reasons = decision.reasons
+        self.current_round.required_documents = decision.required_documents
+        self.current_round.decided_at = workflow.now()
+        self.event(
+            "review_decided", decision.outcome.value, round=self.round, reviewer=decision.reviewer
+        )
+
+    @property
+    def approved(self) -> bool:
+        return self.decision is not None and self.decision.outcome is ReviewOutcome.APPROVED

@@ -1,0 +1,1023 @@
+"""One merchant's POS-terminal application, from document collection to go-live, as one workflow."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from pydantic import BaseModel
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities import catalog as act
+    from schemas import steps
+    from schemas.application import Fulfilment
+    from schemas.documents import DocumentSubmission, ValidationReport
+    from schemas.messages import (
+        Ack,
+        AdminAction,
+        CancelRequest,
+        ContractEvent,
+        ContractEventKind,
+        DeliveryOutcome,
+        DeliveryOutcomeKind,
+        Refusal,
+        ReviewDecision,
+        ReviewOutcome,
+        ShipmentScan,
+        SiteSurveyResult,
+        SubmissionResult,
+        TerminalActivated,
+        TrainingCompleted,
+    )
+    from schemas.status import (
+        ApplicationStatus,
+        AttentionKind,
+        Installation,
+        OnboardingStart,
+        Outcome,
+        ReviewRound,
+        Shipment,
+        Stage,
+        Terminal,
+    )
+    from workflows.case import CHINA, Case, Ended, Undo, refuse
+
+T = TypeVar("T", bound=BaseModel)
+
+
+@workflow.defn(name="PosOnboarding")
+class PosOnboarding:
+    @workflow.init
+    def __init__(self, start: OnboardingStart) -> None:
+        self.case = Case(start)
+        self.app = start.application
+        self.policy = start.policy
+        self._documents_lock = asyncio.Lock()
+        self._submissions: dict[str, SubmissionResult] = {}
+        self.closing_reason = ""
+
+    @workflow.run
+    async def run(self, start: OnboardingStart) -> Outcome:
+        try:
+            await self.collect_documents()
+            while not await self.review():
+                await self.collect_documents()
+            await self.sign_contract_and_pay()
+            await self.prepare_devices()
+            await self.deliver()
+            await self.activate()
+            await self.train()
+        except Ended as end:
+            return await self.close(end)
+        return await self.go_live()
+
+    # --- 1. documents ---------------------------------------------------------------------------
+
+    async def collect_documents(self) -> None:
+        started = workflow.now()
+        deadline = started + self.policy.document_deadline
+        self.case.enter(Stage.COLLECTING_DOCUMENTS, deadline)
+        if self.case.requested_documents:
+            kinds = ", ".join(k.value for k in self.case.requested_documents)
+            await self.notify(steps.Notice.MORE_INFORMATION_NEEDED, f"please supply again: {kinds}")
+        complete = await self.wait_with_reminders(
+            lambda: not self.case.outstanding(),
+            started,
+            deadline,
+            self.policy.document_reminders,
+            steps.Notice.DOCUMENTS_REMINDER,
+        )
+        if not complete:
+            missing = ", ".join(k.value for k in self.case.outstanding())
+            raise Ended(Stage.EXPIRED, f"documents incomplete at the deadline: {missing}")
+        self.case.event("documents_complete", round=self.case.round)
+
+    # --- 2. review ------------------------------------------------------------------------------
+
+    async def review(self) -> bool:
+        """One review round; True when approved, False when the merchant must supplement."""
+        case = self.case
+        case.enter(Stage.IN_REVIEW)
+        case.decision = None
+        opened = await self.step(
+            act.OPEN_REVIEW_CASE,
+            steps.OpenReviewCase(
+                idempotency_key=case.key("open_review_case", case.round),
+                application_id=case.app_id,
+                round=case.round,
+                merchant_name=self.app.merchant.name,
+                merchant_type=self.app.merchant.merchant_type.value,
+                channel=self.app.channel.value,
+                business_category=self.app.merchant.business_category,
+                documents=list(case.documents.values()),
+            ),
+            steps.ReviewCaseOpened,
+        )
+        if case.review.case_id is None:
+            case.review.case_id = opened.case_id
+            case.review.risk_level = opened.risk_level
+            case_id = opened.case_id
+            self.on_undo(
+                "close_review_case",
+                act.CLOSE_REVIEW_CASE,
+                lambda: steps.CloseReviewCase(
+                    idempotency_key=case.key("close_review_case"),
+                    application_id=case.app_id,
+                    case_id=case_id,
+                    reason=self.closing_reason,
+                ),
+            )
+        case.review.rounds.append(
+            ReviewRound(round=case.round, case_id=opened.case_id, opened_at=workflow.now())
+        )
+        case.event("review_opened", opened.case_id, round=case.round, risk=opened.risk_level.value)
+        if case.review.survey_passed is None and self.policy.requires_site_survey(
+            opened.risk_level
+        ):
+            await self.site_survey()
+
+        opened_at = workflow.now()
+        sla_at = opened_at + self.policy.review_sla
+        deadline = opened_at + self.policy.review_deadline
+        if case.stage is Stage.IN_REVIEW:
+            case.set_deadline(deadline)
+        else:
+            case.enter(Stage.IN_REVIEW, deadline)
+        case.deadlines.review_sla = sla_at
+
+        def decided() -> bool:
+            return case.decision is not None
+
+        if not await self.wait(decided, sla_at):
+            await self.escalate(1, sla_at)
+            if not await self.wait(decided, deadline):
+                await self.escalate(2, deadline)
+                await self.wait_overdue(
+                    AttentionKind.REVIEW_OVERDUE,
+                    "review_decision",
+                    f"no review decision by {deadline.isoformat()}",
+                    decided,
+                )
+        decision = case.decision
+        assert decision is not None
+        if decision.outcome is ReviewOutcome.APPROVED:
+            await self.notify(steps.Notice.APPROVED)
+            return True
+        if decision.outcome is ReviewOutcome.REJECTED:
+            raise Ended(Stage.REJECTED, "; ".join(decision.reasons))
+        if case.round >= self.policy.max_review_rounds:
+            raise Ended(
+                Stage.REJECTED,
+                f"still incomplete after {case.round} review rounds (the most allowed is "
+                f"{self.policy.max_review_rounds}): {'; '.join(decision.reasons)}",
+            )
+        case.round += 1
+        case.requested_documents = list(decision.required_documents)
+        for kind in decision.required_documents:
+            case.documents.pop(kind, None)
+        return False
+
+    async def site_survey(self) -> None:
+        case = self.case
+        assert case.review.case_id is not None
+        case.enter(Stage.SITE_SURVEY, workflow.now() + self.policy.site_survey_deadline)
+        requested = await self.step(
+            act.REQUEST_SITE_SURVEY,
+            steps.RequestSiteSurvey(
+                idempotency_key=case.key("request_site_survey"),
+                application_id=case.app_id,
+                case_id=case.review.case_id,
+                address=self.app.merchant.address,
+            ),
+            steps.SiteSurveyRequested,
+        )
+        case.review.survey_id = requested.survey_id
+
+        def surveyed() -> bool:
+            return case.survey is not None
+
+        deadline = case.deadlines.stage_deadline
+        assert deadline is not None
+        if not await self.wait(surveyed, deadline):
+            await self.wait_overdue(
+                AttentionKind.SITE_SURVEY_OVERDUE,
+                "site_survey",
+                f"no site survey result by {deadline.isoformat()}",
+                surveyed,
+            )
+        assert case.survey is not None
+        case.review.survey_passed = case.survey.passed
+        if not case.survey.passed:
+            raise Ended(Stage.REJECTED, f"site survey failed: {case.survey.notes}")
+
+    async def escalate(self, level: int, overdue_since: datetime) -> None:
+        case = self.case
+        assert case.review.case_id is not None
+        case.current_round.escalations = level
+        await self.try_step(
+            act.ESCALATE_REVIEW,
+            steps.EscalateReview(
+                idempotency_key=case.key("escalate_review", case.round, level),
+                application_id=case.app_id,
+                case_id=case.review.case_id,
+                round=case.round,
+                level=level,
+                overdue_since=overdue_since,
+            ),
+            steps.Escalated,
+        )
+        case.event("review_escalated", f"level {level}", level=level, round=case.round)
+
+    # --- 3. contract and deposit ----------------------------------------------------------------
+
+    async def sign_contract_and_pay(self) -> None:
+        case = self.case
+        started = workflow.now()
+        deadline = started + self.policy.contract_deadline
+        case.enter(Stage.CONTRACT, deadline)
+        case.contract.deposit_due = str(self.policy.deposit_amount)
+        issued = await self.step(
+            act.ISSUE_CONTRACT,
+            steps.IssueContract(
+                idempotency_key=case.key("issue_contract"),
+                application_id=case.app_id,
+                merchant_name=self.app.merchant.name,
+                channel=self.app.channel.value,
+                deposit_amount=self.policy.deposit_amount,
+                device_model=self.app.device_order.model,
+                quantity=self.app.device_order.quantity,
+            ),
+            steps.ContractIssued,
+        )
+        case.contract.contract_id = issued.contract_id
+        case.contract.signing_url = issued.signing_url
+        self.on_undo(
+            "void_contract",
+            act.VOID_CONTRACT,
+            lambda: steps.VoidContract(
+                idempotency_key=case.key("void_contract"),
+                application_id=case.app_id,
+                contract_id=issued.contract_id,
+                reason=self.closing_reason,
+            ),
+        )
+        case.event("contract_issued", issued.contract_id)
+        done = await self.wait_with_reminders(
+            lambda: case.contract_done,
+            started,
+            deadline,
+            self.policy.contract_reminders,
+            steps.Notice.CONTRACT_REMINDER,
+        )
+        if not done:
+            what = "signed" if case.contract.signed_at is None else "paid the deposit"
+            raise Ended(Stage.EXPIRED, f"the merchant had not {what} by the contract deadline")
+
+    # --- 4. devices -----------------------------------------------------------------------------
+
+    async def prepare_devices(self) -> None:
+        case = self.case
+        case.enter(Stage.PREPARING_DEVICES)
+        order = self.app.device_order
+        reserved = await self.step(
+            act.RESERVE_TERMINALS,
+            steps.ReserveTerminals(
+                idempotency_key=case.key("reserve_terminals"),
+                application_id=case.app_id,
+                model=order.model,
+                quantity=order.quantity,
+            ),
+            steps.TerminalsReserved,
+        )
+        case.reservation_id = reserved.reservation_id
+        case.terminals = {s: Terminal(serial=s, model=order.model) for s in reserved.serials}
+        self.on_undo(
+            "release_terminals",
+            act.RELEASE_TERMINALS,
+            lambda: steps.ReleaseTerminals(
+                idempotency_key=case.key("release_terminals"),
+                application_id=case.app_id,
+                reservation_id=reserved.reservation_id,
+                reason=self.closing_reason,
+            ),
+        )
+        case.event("terminals_reserved", reserved.reservation_id, serials=reserved.serials)
+        registered = await self.step(
+            act.REGISTER_TERMINALS,
+            steps.RegisterTerminals(
+                idempotency_key=case.key("register_terminals"),
+                application_id=case.app_id,
+                merchant_name=self.app.merchant.name,
+                reservation_id=reserved.reservation_id,
+                serials=reserved.serials,
+            ),
+            steps.TerminalsRegistered,
+        )
+        case.mid = registered.mid
+        for ids in registered.terminals:
+            case.terminals[ids.serial].tid = ids.tid
+        case.event(
+            "terminals_registered", registered.mid, tids=[t.tid for t in registered.terminals]
+        )
+
+    # --- 5. delivery ----------------------------------------------------------------------------
+
+    async def deliver(self) -> None:
+        case = self.case
+        case.enter(Stage.DELIVERING)
+        on_site = self.app.fulfilment is Fulfilment.ON_SITE
+        allowed = (
+            self.policy.installation_deadline if on_site else self.policy.mail_delivery_deadline
+        )
+
+        def arrived() -> bool:
+            return case.delivery is not None
+
+        attempt = 1
+        while True:
+            case.delivery = None
+            await self.dispatch(attempt)
+            due = case.set_deadline(workflow.now() + allowed)
+            while not await self.wait(arrived, due):
+                verb = await self.park(
+                    AttentionKind.DELIVERY_OVERDUE,
+                    act.BOOK_INSTALLATION if on_site else act.CREATE_SHIPMENT,
+                    f"not delivered by {due.isoformat()}",
+                    resolved=arrived,
+                )
+                if (
+                    verb == "retry"
+                ):  # the carrier or technician was chased: give them another period
+                    due = case.set_deadline(workflow.now() + allowed)
+            outcome = case.delivery
+            assert outcome is not None
+            if outcome.kind is not DeliveryOutcomeKind.FAILED:
+                return
+            # A failed delivery brings the terminals back to the warehouse: nothing to recall.
+            case.undo = [
+                u for u in case.undo if u.label not in ("recall_shipment", "cancel_installation")
+            ]
+            await self.park(
+                AttentionKind.DELIVERY_FAILED,
+                outcome.kind.value,
+                outcome.detail or "delivery failed",
+            )
+            attempt += 1
+
+    async def dispatch(self, attempt: int) -> None:
+        case = self.case
+        serials = list(case.terminals)
+        address = self.app.delivery_address()
+        if self.app.fulfilment is Fulfilment.MAIL:
+            shipped = await self.step(
+                act.CREATE_SHIPMENT,
+                steps.CreateShipment(
+                    idempotency_key=case.key("create_shipment", attempt),
+                    application_id=case.app_id,
+                    address=address,
+                    recipient=self.app.contact.name,
+                    serials=serials,
+                ),
+                steps.ShipmentCreated,
+            )
+            case.shipment = Shipment(
+                shipment_id=shipped.shipment_id,
+                carrier=shipped.carrier,
+                tracking_number=shipped.tracking_number,
+            )
+            case.event("shipped", f"{shipped.carrier} {shipped.tracking_number}", attempt=attempt)
+            self.on_undo_delivery("recall_shipment", attempt)
+            await self.notify(steps.Notice.SHIPPED, f"{shipped.carrier} {shipped.tracking_number}")
+        else:
+            booked = await self.step(
+                act.BOOK_INSTALLATION,
+                steps.BookInstallation(
+                    idempotency_key=case.key("book_installation", attempt),
+                    application_id=case.app_id,
+                    address=address,
+                    contact=self.app.contact.name,
+                    serials=serials,
+                ),
+                steps.InstallationBooked,
+            )
+            case.installation = Installation(
+                appointment_id=booked.appointment_id, scheduled_for=booked.scheduled_for
+            )
+            case.event("installation_booked", booked.appointment_id, attempt=attempt)
+            self.on_undo_delivery("cancel_installation", attempt)
+
+    def on_undo_delivery(self, label: str, attempt: int) -> None:
+        """Undoing a delivery depends on how far it got: recall, cancel, or fetch the devices."""
+        case = self.case
+
+        async def undo() -> None:
+            delivered = (
+                case.delivery is not None and case.delivery.kind is not DeliveryOutcomeKind.FAILED
+            )
+            common = {"application_id": case.app_id, "reason": self.closing_reason}
+            if delivered:
+                await self.undo_step(
+                    "arrange_return",
+                    act.ARRANGE_RETURN,
+                    steps.ArrangeReturn(
+                        idempotency_key=case.key("arrange_return"),
+                        serials=list(case.terminals),
+                        address=self.app.delivery_address(),
+                        **common,
+                    ),
+                    steps.ReturnArranged,
+                )
+            elif case.shipment is not None:
+                await self.undo_step(
+                    "recall_shipment",
+                    act.RECALL_SHIPMENT,
+                    steps.RecallShipment(
+                        idempotency_key=case.key("recall_shipment", attempt),
+                        shipment_id=case.shipment.shipment_id,
+                        **common,
+                    ),
+                )
+            elif case.installation is not None:
+                await self.undo_step(
+                    "cancel_installation",
+                    act.CANCEL_INSTALLATION,
+                    steps.CancelInstallation(
+                        idempotency_key=case.key("cancel_installation", attempt),
+                        appointment_id=case.installation.appointment_id,
+                        **common,
+                    ),
+                )
+
+        case.undo.append(Undo(label, undo))
+
+    # --- 6. activation --------------------------------------------------------------------------
+
+    async def activate(self) -> None:
+        case = self.case
+        started = workflow.now()
+        deadline = started + self.policy.activation_deadline
+        case.enter(Stage.ACTIVATING, deadline)
+        assert case.mid is not None
+        issued = await self.step(
+            act.ISSUE_ACTIVATION_CODES,
+            steps.IssueActivationCodes(
+                idempotency_key=case.key("issue_activation_codes"),
+                application_id=case.app_id,
+                mid=case.mid,
+                terminals=[
+                    steps.TerminalIds(serial=t.serial, tid=t.tid or "")
+                    for t in case.terminals.values()
+                ],
+            ),
+            steps.ActivationCodesIssued,
+        )
+        for code in issued.codes:
+            case.terminals[code.serial].activation_code_issued = True
+        case.event("activation_codes_issued", count=len(issued.codes))
+        if not await self.wait_with_reminders(
+            lambda: case.all_activated,
+            started,
+            deadline,
+            self.policy.activation_reminders,
+            steps.Notice.ACTIVATION_REMINDER,
+        ):
+            await self.wait_overdue(
+                AttentionKind.ACTIVATION_OVERDUE,
+                "terminal_activation",
+                f"terminals not all activated by {deadline.isoformat()}",
+                lambda: case.all_activated,
+            )
+        for terminal in case.terminals.values():
+            await self.prove_terminal(terminal)
+
+    async def prove_terminal(self, terminal: Terminal) -> None:
+        """A test transaction per terminal proves it is bound and can take payments."""
+        case = self.case
+        assert case.mid is not None and terminal.tid is not None
+        attempt = 1
+        while True:
+            result = await self.step(
+                act.RUN_TEST_TRANSACTION,
+                steps.RunTestTransaction(
+                    idempotency_key=case.key("run_test_transaction", terminal.serial, attempt),
+                    application_id=case.app_id,
+                    mid=case.mid,
+                    serial=terminal.serial,
+                    tid=terminal.tid,
+                ),
+                steps.TestTransactionResult,
+            )
+            if result.approved:
+                terminal.test_transaction = result.reference
+                case.event("test_transaction_approved", terminal.serial, reference=result.reference)
+                return
+            await self.park(
+                AttentionKind.TEST_TRANSACTION_DECLINED,
+                act.RUN_TEST_TRANSACTION,
+                f"terminal {terminal.serial}: declined with response code {result.response_code}",
+            )
+            attempt += 1
+
+    # --- 7. training ----------------------------------------------------------------------------
+
+    async def train(self) -> None:
+        case = self.case
+        started = workflow.now()
+        deadline = started + self.policy.training_deadline
+        case.enter(Stage.TRAINING, deadline)
+        scheduled = await self.step(
+            act.SCHEDULE_TRAINING,
+            steps.ScheduleTraining(
+                idempotency_key=case.key("schedule_training"),
+                application_id=case.app_id,
+                merchant_name=self.app.merchant.name,
+                address=self.app.delivery_address(),
+                on_site=self.app.fulfilment is Fulfilment.ON_SITE,
+            ),
+            steps.TrainingScheduled,
+        )
+        case.training_session_id = scheduled.session_id
+        self.on_undo(
+            "cancel_training",
+            act.CANCEL_TRAINING,
+            lambda: steps.CancelTraining(
+                idempotency_key=case.key("cancel_training"),
+                application_id=case.app_id,
+                session_id=scheduled.session_id,
+                reason=self.closing_reason,
+            ),
+        )
+        case.event(
+            "training_scheduled", scheduled.session_id, at=scheduled.scheduled_for.isoformat()
+        )
+
+        def trained() -> bool:
+            return case.training is not None
+
+        if not await self.wait_with_reminders(
+            trained,
+            started,
+            deadline,
+            self.policy.training_reminders,
+            steps.Notice.TRAINING_REMINDER,
+        ):
+            await self.wait_overdue(
+                AttentionKind.TRAINING_OVERDUE,
+                "training",
+                f"training not completed by {deadline.isoformat()}",
+                trained,
+            )
+
+    # --- 8. go-live, or the end before it -------------------------------------------------------
+
+    async def go_live(self) -> Outcome:
+        case = self.case
+        case.enter(Stage.GOING_LIVE)
+        assert case.mid is not None
+        tids = [t.tid for t in case.terminals.values() if t.tid]
+        enabled = await self.step(
+            act.ENABLE_ACQUIRING,
+            steps.EnableAcquiring(
+                idempotency_key=case.key("enable_acquiring"),
+                application_id=case.app_id,
+                mid=case.mid,
+                tids=tids,
+            ),
+            steps.AcquiringEnabled,
+        )
+        case.enter(Stage.LIVE)
+        case.event("went_live", case.mid)
+        await self.notify(steps.Notice.WENT_LIVE, f"MID {case.mid}")
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self.outcome(Stage.LIVE, "", went_live_at=enabled.enabled_at)
+
+    async def close(self, end: Ended) -> Outcome:
+        """Undo what was done, newest first, then end with the reason."""
+        case = self.case
+        case.closing = True
+        self.closing_reason = f"{end.stage.value}: {end.reason}"
+        case.attention = None
+        case.enter(Stage.CLOSING)
+        case.event("closing", end.reason, outcome=end.stage.value)
+        for undo in reversed(case.undo):
+            await undo.run()
+        case.undo = []
+        case.enter(end.stage)
+        notice = {
+            Stage.CANCELLED: steps.Notice.WITHDRAWN,
+            Stage.EXPIRED: steps.Notice.EXPIRED,
+            Stage.REJECTED: steps.Notice.REJECTED,
+        }[end.stage]
+        await self.notify(notice, end.reason)
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self.outcome(end.stage, end.reason)
+
+    def outcome(self, stage: Stage, reason: str, went_live_at: datetime | None = None) -> Outcome:
+        case = self.case
+        return Outcome(
+            application_id=case.app_id,
+            stage=stage,
+            reason=reason,
+            mid=case.mid,
+            tids=[t.tid for t in case.terminals.values() if t.tid] if stage is Stage.LIVE else [],
+            went_live_at=went_live_at,
+            started_at=case.started_at,
+            ended_at=workflow.now(),
+            stage_entered=case.stage_entered,
+            compensations=case.compensated,
+        )
+
+    # --- waiting: deadlines, reminders, attention -----------------------------------------------
+
+    async def wait(self, done: Callable[[], bool], until: datetime | None) -> bool:
+        """Wait until `done`, or `until` passes (False). A withdrawal interrupts any wait."""
+        case = self.case
+        if until is None:
+            await workflow.wait_condition(lambda: done() or case.withdrawn)
+        elif (remaining := until - workflow.now()) > timedelta(0) and not done():
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(
+                    lambda: done() or case.withdrawn,
+                    timeout=remaining,
+                    timeout_summary=f"{case.stage.value} deadline",
+                )
+        case.stop_if_withdrawn()
+        return done()
+
+    async def wait_with_reminders(
+        self,
+        done: Callable[[], bool],
+        started: datetime,
+        deadline: datetime,
+        reminders: list[timedelta],
+        notice: steps.Notice,
+    ) -> bool:
+        for offset in sorted(reminders):
+            remind_at = started + offset
+            if remind_at <= workflow.now():
+                continue
+            self.case.deadlines.next_reminder = remind_at
+            if await self.wait(done, remind_at):
+                self.case.deadlines.next_reminder = None
+                return True
+            await self.notify(notice, f"due by {deadline.astimezone(CHINA).isoformat()}")
+            self.case.event("reminder_sent", notice.value)
+        self.case.deadlines.next_reminder = None
+        return await self.wait(done, deadline)
+
+    async def wait_overdue(
+        self, kind: AttentionKind, step: str, reason: str, done: Callable[[], bool]
+    ) -> None:
+        """Past a deadline on somebody else's action: flag it for operations and keep waiting."""
+        self.case.park(kind, step, reason, retryable=False)
+        await self.wait(done, None)
+        self.case.unpark("resolved")
+
+    async def park(
+        self,
+        kind: AttentionKind,
+        step: str,
+        reason: str,
+        *,
+        skippable: bool = False,
+        resolved: Callable[[], bool] | None = None,
+    ) -> str:
+        """Park for an admin: returns "retry", "skip", or "resolved" when the awaited event came."""
+        case = self.case
+        case.park(kind, step, reason, retryable=True, skippable=skippable)
+        is_resolved = resolved or (lambda: False)
+        await self.wait(lambda: case.admin_verb is not None or is_resolved(), None)
+        verb = case.admin_verb or "resolved"
+        case.unpark(verb)
+        return verb
+
+    # --- steps and compensations ----------------------------------------------------------------
+
+    async def step(self, name: str, arg: BaseModel, result_type: type[T]) -> T:
+        """Run an activity; when its retries are exhausted, park for an admin instead of failing."""
+        while True:
+            self.case.stop_if_withdrawn()
+            try:
+                return await self.execute(name, arg, result_type)
+            except ActivityError as err:
+                await self.park(AttentionKind.STEP_FAILED, name, _reason(err))
+
+    async def try_step(self, name: str, arg: BaseModel, result_type: type[BaseModel]) -> bool:
+        """Like `step`, for a step an admin may skip once handled by hand; False when skipped."""
+        while True:
+            self.case.stop_if_withdrawn()
+            try:
+                await self.execute(name, arg, result_type)
+                return True
+            except ActivityError as err:
+                if (
+                    await self.park(AttentionKind.STEP_FAILED, name, _reason(err), skippable=True)
+                    == "skip"
+                ):
+                    return False
+
+    async def execute(self, name: str, arg: BaseModel, result_type: type[T]) -> T:
+        result: T = await workflow.execute_activity(
+            name,
+            arg,
+            result_type=result_type,
+            start_to_close_timeout=self.policy.activity_timeout,
+            retry_policy=RetryPolicy(
+                initial_interval=self.policy.activity_retry_interval,
+                maximum_interval=self.policy.activity_retry_max_interval,
+                maximum_attempts=self.policy.activity_max_attempts,
+            ),
+        )
+        return result
+
+    def on_undo(
+        self,
+        label: str,
+        name: str,
+        arg: Callable[[], BaseModel],
+        result_type: type[BaseModel] = steps.Undone,
+    ) -> None:
+        """Remember how to undo a step; its argument is built when it runs, with the reason."""
+
+        async def undo() -> None:
+            await self.undo_step(label, name, arg(), result_type)
+
+        self.case.undo.append(Undo(label, undo))
+
+    async def undo_step(
+        self, label: str, name: str, arg: BaseModel, result_type: type[BaseModel] = steps.Undone
+    ) -> None:
+        if await self.try_step(name, arg, result_type):
+            self.case.compensated.append(label)
+            self.case.event("compensated", label)
+        else:
+            self.case.compensated.append(f"{label} (skipped by admin)")
+            self.case.event("compensation_skipped", label)
+
+    async def notify(self, notice: steps.Notice, detail: str = "") -> None:
+        """Tell the merchant, best effort: a notice that cannot go out must not hold up the case."""
+        case = self.case
+        case.notices_sent += 1
+        try:
+            await workflow.execute_activity(
+                act.NOTIFY_MERCHANT,
+                steps.NotifyMerchant(
+                    idempotency_key=case.key("notify", case.notices_sent),
+                    application_id=case.app_id,
+                    notice=notice,
+                    detail=detail,
+                ),
+                result_type=steps.Notified,
+                start_to_close_timeout=self.policy.activity_timeout,
+                retry_policy=RetryPolicy(
+                    initial_interval=self.policy.activity_retry_interval,
+                    maximum_attempts=self.policy.activity_max_attempts,
+                ),
+            )
+            case.event("merchant_notified", notice.value)
+        except ActivityError as err:
+            case.event("notification_failed", f"{notice.value}: {_reason(err)}")
+
+    # --- messages from people and services ------------------------------------------------------
+
+    @workflow.query
+    def status(self) -> ApplicationStatus:
+        return self.case.status()
+
+    @workflow.update
+    async def submit_documents(self, submission: DocumentSubmission) -> SubmissionResult:
+        async with self._documents_lock:
+            earlier = self._submissions.get(submission.submission_id)
+            if earlier is not None:
+                return earlier.model_copy(update={"duplicate": True})
+            case = self.case
+            candidate = {**case.documents, **{d.kind: d for d in submission.documents}}
+            try:
+                report = await workflow.execute_activity(
+                    act.VALIDATE_DOCUMENTS,
+                    steps.ValidateDocuments(
+                        application=self.app,
+                        documents=list(candidate.values()),
+                        extra_required=[k.value for k in case.requested_documents],
+                        as_of=workflow.now().astimezone(CHINA).date(),
+                    ),
+                    result_type=ValidationReport,
+                    start_to_close_timeout=self.policy.activity_timeout,
+                    retry_policy=RetryPolicy(maximum_attempts=self.policy.activity_max_attempts),
+                )
+            except ActivityError as err:
+                # Nothing is filed: the merchant can send the same submission again.
+                raise refuse(
+                    Refusal.UNAVAILABLE, f"documents could not be validated now: {_reason(err)}"
+                ) from err
+            # File what passed; a bad replacement never pushes out a good document already on file.
+            for kind in report.accepted:
+                case.documents[kind] = candidate[kind]
+            submitted = {d.kind for d in submission.documents}
+            case.document_issues = report.issues
+            result = SubmissionResult(
+                submission_id=submission.submission_id,
+                stage=case.stage.value,
+                filed=[k for k in report.accepted if k in submitted],
+                issues=report.issues,
+                outstanding=case.outstanding(),
+                complete=not case.outstanding(),
+            )
+            self._submissions[submission.submission_id] = result
+            case.event(
+                "documents_submitted",
+                submission.submission_id,
+                filed=[k.value for k in result.filed],
+                issues=len(result.issues),
+            )
+            return result
+
+    @submit_documents.validator
+    def _check_submission(self, submission: DocumentSubmission) -> None:
+        if submission.submission_id not in self._submissions:
+            self.case.expect_stage("documents", Stage.COLLECTING_DOCUMENTS)
+
+    @workflow.update
+    def review_decision(self, decision: ReviewDecision) -> Ack:
+        case = self.case
+        if (ack := case.duplicate(decision.decision_id)) is not None:
+            return ack
+        case.decision_recorded(decision)
+        return case.acknowledge(decision.decision_id, decision.outcome.value)
+
+    @review_decision.validator
+    def _check_decision(self, decision: ReviewDecision) -> None:
+        if decision.decision_id not in self.case.acks:
+            self.case.check_decision(decision)
+
+    @workflow.update
+    def site_survey_result(self, result: SiteSurveyResult) -> Ack:
+        case = self.case
+        if (ack := case.duplicate(result.event_id)) is not None:
+            return ack
+        case.survey = result
+        case.event(
+            "site_survey_result", "passed" if result.passed else "failed", surveyor=result.surveyor
+        )
+        return case.acknowledge(result.event_id, "passed" if result.passed else "failed")
+
+    @site_survey_result.validator
+    def _check_survey(self, result: SiteSurveyResult) -> None:
+        if result.event_id not in self.case.acks:
+            self.case.check_survey(result)
+
+    @workflow.update
+    def contract_event(self, event: ContractEvent) -> Ack:
+        case = self.case
+        if (ack := case.duplicate(event.event_id)) is not None:
+            return ack
+        if event.kind is ContractEventKind.SIGNED:
+            case.contract.signed_at = workflow.now()
+        else:
+            case.contract.deposit_paid_at = workflow.now()
+            case.contract.payment_reference = event.payment_reference
+            contract_id = event.contract_id
+            self.on_undo(
+                "refund_deposit",
+                act.REFUND_DEPOSIT,
+                lambda: steps.RefundDeposit(
+                    idempotency_key=case.key("refund_deposit"),
+                    application_id=case.app_id,
+                    contract_id=contract_id,
+                    amount=self.policy.deposit_amount,
+                    payment_reference=event.payment_reference,
+                ),
+                steps.Refunded,
+            )
+        case.event(f"contract_{event.kind.value}", event.contract_id)
+        return case.acknowledge(event.event_id, event.kind.value)
+
+    @contract_event.validator
+    def _check_contract_event(self, event: ContractEvent) -> None:
+        if event.event_id not in self.case.acks:
+            self.case.check_contract_event(event)
+
+    @workflow.update
+    def delivery_outcome(self, outcome: DeliveryOutcome) -> Ack:
+        case = self.case
+        if (ack := case.duplicate(outcome.event_id)) is not None:
+            return ack
+        case.delivery = outcome
+        if outcome.kind is DeliveryOutcomeKind.DELIVERED and case.shipment is not None:
+            case.shipment.delivered_at = workflow.now()
+        if outcome.kind is DeliveryOutcomeKind.INSTALLED and case.installation is not None:
+            case.installation.installed_at = workflow.now()
+        case.event(f"delivery_{outcome.kind.value}", outcome.reference, detail=outcome.detail)
+        return case.acknowledge(outcome.event_id, outcome.kind.value)
+
+    @delivery_outcome.validator
+    def _check_delivery(self, outcome: DeliveryOutcome) -> None:
+        if outcome.event_id not in self.case.acks:
+            self.case.check_delivery(outcome)
+
+    @workflow.signal
+    def shipment_scanned(self, scan: ShipmentScan) -> None:
+        """Tracking scans are informative: kept on the shipment, never moving the case."""
+        case = self.case
+        if scan.event_id in case.acks:
+            return
+        if case.shipment is None or case.shipment.shipment_id != scan.shipment_id:
+            case.event(
+                "message_refused",
+                f"scan for unknown shipment {scan.shipment_id}",
+                event_id=scan.event_id,
+            )
+            return
+        case.shipment.scans.append(
+            f"{scan.scanned_at.isoformat()} {scan.location} {scan.description}".strip()
+        )
+        case.acknowledge(scan.event_id, "scan recorded")
+
+    @workflow.update
+    def terminal_activated(self, report: TerminalActivated) -> Ack:
+        case = self.case
+        if (ack := case.duplicate(report.event_id)) is not None:
+            return ack
+        case.terminals[report.serial].activated_at = workflow.now()
+        case.event("terminal_activated", report.serial, tid=report.tid)
+        return case.acknowledge(report.event_id, f"terminal {report.serial} activated")
+
+    @terminal_activated.validator
+    def _check_activation(self, report: TerminalActivated) -> None:
+        if report.event_id not in self.case.acks:
+            self.case.check_activation(report)
+
+    @workflow.update
+    def training_completed(self, done: TrainingCompleted) -> Ack:
+        case = self.case
+        if (ack := case.duplicate(done.event_id)) is not None:
+            return ack
+        case.training = done
+        case.event("training_completed", done.session_id, trainer=done.trainer)
+        return case.acknowledge(done.event_id, "training completed")
+
+    @training_completed.validator
+    def _check_training(self, done: TrainingCompleted) -> None:
+        if done.event_id not in self.case.acks:
+            self.case.check_training(done)
+
+    @workflow.update
+    def cancel(self, request: CancelRequest) -> Ack:
+        case = self.case
+        if (ack := case.duplicate(request.request_id)) is not None:
+            return ack
+        case.cancel = request
+        case.event("withdrawal_requested", request.reason, requested_by=request.requested_by)
+        return case.acknowledge(request.request_id, "withdrawal accepted: undoing what was done")
+
+    @cancel.validator
+    def _check_cancel(self, request: CancelRequest) -> None:
+        if request.request_id not in self.case.acks:
+            self.case.check_cancel(request)
+
+    @workflow.update
+    def retry(self, action: AdminAction) -> Ack:
+        return self._admin("retry", action)
+
+    @retry.validator
+    def _check_retry(self, action: AdminAction) -> None:
+        if action.request_id not in self.case.acks:
+            self.case.check_admin("retry", action)
+
+    @workflow.update
+    def skip(self, action: AdminAction) -> Ack:
+        return self._admin("skip", action)
+
+    @skip.validator
+    def _check_skip(self, action: AdminAction) -> None:
+        if action.request_id not in self.case.acks:
+            self.case.check_admin("skip", action)
+
+    def _admin(self, verb: str, action: AdminAction) -> Ack:
+        case = self.case
+        if (ack := case.duplicate(action.request_id)) is not None:
+            return ack
+        assert case.attention is not None
+        step = case.attention.step
+        case.admin_verb = verb
+        case.event(f"admin_{verb}", step, admin=action.admin, note=action.note)
+        return case.acknowledge(action.request_id, f"{verb} {step}")
+
+
+def _reason(err: ActivityError) -> str:
+    """The innermost failure message: what the service or the retry policy said."""
+    cause: BaseException | None = err
+    while cause is not None and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if isinstance(cause, ApplicationError):
+        return f"{cause.type or 'error'}: {cause.message}"
+    return str(cause or err)
+
+
+__all__ = ["PosOnboarding"]
