@@ -1,0 +1,41 @@
+# Every target sets up .venv first; `make test` is what CI runs (.ci/run).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip --disable-pip-version-check --no-input
+PRODUCT := schemas workflows activities workers cli
+
+.PHONY: test up lint fmt compile clean
+
+test: compile lint
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+up: compile
+	$(BIN)/posflow up
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: $(VENV)/.installed
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# The workflow sandbox re-imports the workflow module for every run, and these machines set
+# PYTHONDONTWRITEBYTECODE=1: without precompiled .pyc files it is recompiled every time.
+# compileall writes them regardless of that variable.
+compile: $(VENV)/.installed
+	$(BIN)/python -m compileall -q $(PRODUCT)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstalled only when pyproject.toml changes, so repeated runs are fast.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+clean:
+	rm -rf .posflow .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""The `posflow` command: one binary, the roles of the product as subcommands."""

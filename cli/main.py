@@ -1,0 +1,180 @@
+"""`posflow up | worker | dev-server`: run the stack on a laptop, or one role of it on a cluster.
+
+Modules that import the workflow are imported inside the commands, so `posflow --help` answers
+at once and without a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Coroutine
+from typing import Annotated, Any
+
+import structlog
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from workers.config import TemporalSettings
+from workers.dev_server import DEFAULT_PORT, DEFAULT_UI_PORT, DevServer, DevServerError
+from workers.logging import configure_logging
+
+app = typer.Typer(
+    help="posflow: durable onboarding of POS terminals, on Temporal.",
+    no_args_is_help=True,
+    add_completion=False,
+    # Locals in a traceback may hold an application with personal data.
+    pretty_exceptions_show_locals=False,
+)
+console = Console()
+log = structlog.get_logger(__name__)
+
+PortOption = Annotated[int, typer.Option(help="gRPC port of the Temporal dev server.")]
+UiPortOption = Annotated[int, typer.Option(help="Port of the Temporal Web UI.")]
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by Ctrl-C or SIGTERM, so shutdown runs in order instead of by interruption."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        asyncio.run(main)
+    except DevServerError as error:
+        console.print(f"[bold red]error:[/] {error}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+async def _start_or_stop(server: DevServer, stop: asyncio.Event) -> bool:
+    """Start the server unless asked to stop first; True when it is up."""
+    starting = asyncio.create_task(server.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not starting.done():
+        starting.cancel()  # `start` stops the half-started server on its way out
+        await asyncio.gather(starting, return_exceptions=True)
+        return False
+    starting.result()
+    return True
+
+
+def _print_urls(title: str, server: DevServer, task_queue: str | None) -> None:
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    table.add_row("Temporal gRPC", f"{server.address}  (namespace {server.namespace})")
+    if server.ui_url:
+        table.add_row("Temporal Web UI", server.ui_url)
+    if task_queue:
+        table.add_row("Task queue", task_queue)
+    table.add_row("Data file", str(server.db_file))
+    table.add_row("Server log", str(server.log_file))
+    console.print(f"[bold green]{title}[/]")
+    console.print(table)
+    console.print("Press Ctrl-C to stop.")
+
+
+async def _register_search_attributes(server: DevServer) -> None:
+    from workers.temporal import connect, register_search_attributes
+
+    settings = TemporalSettings(address=server.address, namespace=server.namespace)
+    added = await register_search_attributes(await connect(settings))
+    if added:
+        log.info("search_attributes_registered", names=added)
+
+
+async def _up(port: int, ui_port: int) -> None:
+    from workers.main import run_worker
+
+    stop = _stop_on_signals()
+    server = DevServer(port=port, ui_port=ui_port)
+    if not await _start_or_stop(server, stop):
+        return
+    try:
+        await _register_search_attributes(server)
+        settings = TemporalSettings(
+            address=server.address,
+            namespace=server.namespace,
+            task_queue=TemporalSettings.from_env().task_queue,
+        )
+        ready = asyncio.Event()
+        worker = asyncio.create_task(run_worker(settings, ready=ready, stop=stop))
+        server_exited = asyncio.create_task(server.wait())
+        readied = asyncio.create_task(ready.wait())
+        await asyncio.wait({worker, readied}, return_when=asyncio.FIRST_COMPLETED)
+        readied.cancel()
+        if ready.is_set():
+            _print_urls("posflow is up", server, settings.task_queue)
+        await asyncio.wait({worker, server_exited}, return_when=asyncio.FIRST_COMPLETED)
+        if server_exited.done() and not stop.is_set():
+            # The worker cannot do anything useful without its server: end it and say why.
+            stop.set()
+            await asyncio.gather(worker, return_exceptions=True)
+            raise DevServerError(
+                f"the Temporal dev server exited unexpectedly; see {server.log_file}"
+            )
+        server_exited.cancel()
+        await worker
+    finally:
+        await server.stop()
+    console.print("posflow stopped.")
+
+
+async def _dev_server(port: int, ui_port: int, headless: bool) -> None:
+    stop = _stop_on_signals()
+    server = DevServer(port=port, ui_port=ui_port, headless=headless)
+    if not await _start_or_stop(server, stop):
+        return
+    try:
+        # Search attributes are left to the worker, which registers them before it polls: this
+        # command must run even while the workflow code does not import.
+        _print_urls("Temporal dev server is up", server, task_queue=None)
+        stopping = asyncio.create_task(stop.wait())
+        exited = asyncio.create_task(server.wait())
+        await asyncio.wait({stopping, exited}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if exited.done() and not stop.is_set():
+            raise DevServerError(
+                f"the Temporal dev server exited unexpectedly; see {server.log_file}"
+            )
+        exited.cancel()
+    finally:
+        await server.stop()
+    console.print("Temporal dev server stopped.")
+
+
+async def _worker() -> None:
+    from workers.main import run_worker
+
+    await run_worker(TemporalSettings.from_env(), stop=_stop_on_signals())
+
+
+@app.command()
+def up(port: PortOption = DEFAULT_PORT, ui_port: UiPortOption = DEFAULT_UI_PORT) -> None:
+    """Start the embedded Temporal dev server and a worker; Ctrl-C stops both."""
+    configure_logging()
+    _run(_up(port, ui_port))
+
+
+@app.command()
+def worker() -> None:
+    """Run a worker against the Temporal service in TEMPORAL_ADDRESS until Ctrl-C or SIGTERM."""
+    configure_logging()
+    _run(_worker())
+
+
+@app.command("dev-server")
+def dev_server(
+    port: PortOption = DEFAULT_PORT,
+    ui_port: UiPortOption = DEFAULT_UI_PORT,
+    headless: Annotated[bool, typer.Option(help="Run without the Web UI.")] = False,
+) -> None:
+    """Run only the embedded Temporal dev server (state in .posflow/) until Ctrl-C; a worker
+    started with `posflow worker` registers the search attributes."""
+    configure_logging()
+    _run(_dev_server(port, ui_port, headless))

@@ -1,0 +1,64 @@
+"""The onboarding worker: runs the `PosOnboarding` workflow and the activities it calls.
+
+The worker registers document validation and merchant notifications. The review, contract,
+device and logistics activities join when their service clients land (the next issue). Until
+then an application runs document collection and then parks in "needs attention" at the first
+service step, because no worker serves that activity; an admin retry resumes it once the
+activity is deployed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from activities.documents import validate_documents
+from activities.notifications import notify_merchant
+from workers.config import TemporalSettings
+from workers.logging import configure_logging
+from workers.temporal import build_worker, connect, register_search_attributes
+
+WORKER_ACTIVITIES: list[Callable[..., Any]] = [validate_documents, notify_merchant]
+
+log = structlog.get_logger(__name__)
+
+
+async def run_worker(
+    settings: TemporalSettings,
+    *,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve `settings.task_queue` until `stop` is set (forever without one), then shut down
+    gracefully. `ready` is set once the worker has started."""
+    configure_logging()
+    client = await connect(settings)
+    added = await register_search_attributes(client)
+    if added:
+        log.info("search_attributes_registered", names=added)
+    worker = build_worker(client, settings.task_queue, activities=WORKER_ACTIVITIES)
+    stop = stop or asyncio.Event()
+    # The worker runs as its own task rather than inside `async with worker`: if polling fails
+    # for good, the process must end with that error instead of idling on `stop`.
+    running = asyncio.create_task(worker.run(), name="posflow-worker")
+    stopping = asyncio.create_task(stop.wait(), name="posflow-worker-stop")
+    log.info(
+        "worker_started",
+        address=settings.address,
+        namespace=settings.namespace,
+        task_queue=settings.task_queue,
+    )
+    if ready is not None:
+        ready.set()
+    try:
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not running.done():
+            await worker.shutdown()
+        # Re-raises the worker's error, if it stopped on one.
+        await running
+        log.info("worker_stopped", task_queue=settings.task_queue)
