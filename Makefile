@@ -5,11 +5,15 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check --no-input
 PRODUCT := schemas workflows activities workers cli
 
-.PHONY: test up lint fmt compile clean
+.PHONY: test test-local up lint fmt compile clean
 
 test: compile lint
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# The workflow tests again on a real Temporal dev server (days become seconds: ~2 minutes).
+test-local: compile
+	$(BIN)/pytest tests/test_workflow.py --workflow-environment local
 
 up: compile
 	$(BIN)/posflow up

@@ -8,6 +8,7 @@ compatible change, and keep the old ones that still run in production.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -23,20 +24,35 @@ GOLDEN = sorted((Path(__file__).parent / "golden").glob("*.json"))
 def test_every_path_has_a_golden_history() -> None:
     names = {path.stem for path in GOLDEN}
     expected = {
-        "individual_mail_live", "enterprise_on_site_live", "enterprise_legacy_live",
-        "documents_expired", "two_rounds_then_approved", "rounds_exhausted", "rejected",
-        "review_escalated", "site_survey_passed", "contract_expired", "parked_then_retried",
-        "delivery_failed_then_reshipped", "duplicates_and_refusals",
-        "withdrawn_collecting_documents_mail", "withdrawn_in_review_mail", "withdrawn_contract_mail",
-        "withdrawn_preparing_devices_mail", "withdrawn_delivering_mail",
-        "withdrawn_delivering_on_site", "withdrawn_activating_mail", "withdrawn_training_on_site",
+        "individual_mail_live",
+        "enterprise_on_site_live",
+        "enterprise_legacy_live",
+        "documents_expired",
+        "two_rounds_then_approved",
+        "rounds_exhausted",
+        "rejected",
+        "review_escalated",
+        "site_survey_passed",
+        "contract_expired",
+        "parked_then_retried",
+        "delivery_failed_then_reshipped",
+        "duplicates_and_refusals",
+        "withdrawn_collecting_documents_mail",
+        "withdrawn_in_review_mail",
+        "withdrawn_contract_mail",
+        "withdrawn_preparing_devices_mail",
+        "withdrawn_delivering_mail",
+        "withdrawn_delivering_on_site",
+        "withdrawn_activating_mail",
+        "withdrawn_training_on_site",
     }
     assert expected <= names, f"missing golden histories: {sorted(expected - names)}"
 
 
 @pytest.mark.parametrize("path", GOLDEN, ids=[p.stem for p in GOLDEN])
 async def test_golden_history_replays(path: Path) -> None:
-    history = WorkflowHistory.from_json(f"pos-application-{path.stem}", path.read_text())
+    text = await asyncio.to_thread(path.read_text)
+    history = WorkflowHistory.from_json(f"pos-application-{path.stem}", text)
     replayer = Replayer(workflows=[PosOnboarding], data_converter=DATA_CONVERTER)
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{path.stem}: {result.replay_failure}"
