@@ -1,0 +1,317 @@
+"""What every sandbox service shares: configuration, its database, idempotent writes, JSON errors,
+simulated slowness and failures, and signed callbacks delivered with back-off until acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import structlog
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy import Engine, event
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+from services.signing import HEADER, sign
+from workers.config import state_dir
+
+log = structlog.get_logger(__name__)
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """One service's settings; every field can come from the environment (`from_env`)."""
+
+    name: str
+    database_url: str
+    delay: tuple[float, float] = (0.0, 0.0)  # seconds, uniformly drawn per request
+    failure_rate: float = 0.0  # share of requests answered 503 before doing anything
+    gateway_url: str = "http://127.0.0.1:8000"
+    callback_secret: str = "dev-secret"
+    options: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, name: str, **overrides: Any) -> ServiceConfig:
+        prefix = f"POSFLOW_{name.upper()}_"
+        env = os.environ
+        delay_ms = env.get(prefix + "DELAY_MS", "0")
+        low, _, high = delay_ms.partition("-")
+        fields: dict[str, Any] = {
+            "name": name,
+            "database_url": env.get("DATABASE_URL") or f"sqlite:///{state_dir() / (name + '.db')}",
+            "delay": (float(low) / 1000, float(high or low) / 1000),
+            "failure_rate": float(env.get(prefix + "FAILURE_RATE", "0")),
+            "gateway_url": env.get("POSFLOW_GATEWAY_URL", cls.gateway_url),
+            "callback_secret": env.get(prefix + "SECRET", cls.callback_secret),
+        }
+        return cls(**{**fields, **overrides})
+
+
+class ServiceError(Exception):
+    """A refusal mapped to `{"error", "message", "fields"}` with a 4xx status."""
+
+    def __init__(
+        self, status: int, error: str, message: str, fields: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+        self.fields = fields or {}
+
+
+def error_body(error: str, message: str, fields: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"error": error, "message": message, "fields": fields or {}}
+
+
+# --- the database ----------------------------------------------------------------------------
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    __tablename__ = "service_idempotency"
+
+    service: str = Field(primary_key=True)
+    key: str = Field(primary_key=True)
+    fingerprint: str
+    status_code: int
+    response: str
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class Callback(SQLModel, table=True):
+    """The outbox: a callback is kept until the gateway acknowledges it, across restarts."""
+
+    __tablename__ = "service_callbacks"
+
+    id: int | None = Field(default=None, primary_key=True)
+    service: str = Field(index=True)
+    path: str
+    body: str
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    delivered_at: datetime | None = None
+    last_error: str = ""
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _wal(connection: Any, _record: Any) -> None:
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def fingerprint(payload: BaseModel | dict[str, Any]) -> str:
+    data = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else payload
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def idempotent(
+    session: Session,
+    service: str,
+    key: str | None,
+    payload: BaseModel | dict[str, Any],
+    write: Callable[[], BaseModel],
+    status_code: int = 200,
+) -> JSONResponse:
+    """Do `write` once per idempotency key; a repeat gets the first answer, a different request
+    under the same key is refused. `write` and the record commit together."""
+    if not key:
+        raise ServiceError(
+            400, "idempotency_key_required", f"the {IDEMPOTENCY_HEADER} header is required"
+        )
+    print_ = fingerprint(payload)
+    earlier = session.get(IdempotencyRecord, (service, key))
+    if earlier is not None:
+        if earlier.fingerprint != print_:
+            raise ServiceError(
+                409,
+                "idempotency_key_reused",
+                "this idempotency key was used for a different request",
+            )
+        return JSONResponse(
+            json.loads(earlier.response),
+            status_code=earlier.status_code,
+            headers={"Idempotent-Replay": "true"},
+        )
+    result = write()
+    body = result.model_dump(mode="json")
+    session.add(
+        IdempotencyRecord(
+            service=service,
+            key=key,
+            fingerprint=print_,
+            status_code=status_code,
+            response=json.dumps(body),
+        )
+    )
+    session.commit()
+    return JSONResponse(body, status_code=status_code)
+
+
+def enqueue_callback(session: Session, service: str, path: str, body: BaseModel) -> None:
+    """Queue a signed callback to the gateway; committed with the caller's transaction."""
+    session.add(Callback(service=service, path=path, body=body.model_dump_json()))
+
+
+# --- the app ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Service:
+    """A running sandbox service: its config, engine and FastAPI app."""
+
+    config: ServiceConfig
+    engine: Engine
+    app: FastAPI
+    tables: Sequence[Any]
+
+    def session(self) -> Session:
+        return Session(self.engine)
+
+
+def create_service(
+    config: ServiceConfig,
+    tables: Sequence[type[SQLModel]],
+    setup: Callable[[Service], None] | None = None,
+    background: Sequence[Callable[[Service], Coroutine[Any, Any, None]]] = (),
+) -> Service:
+    """A FastAPI app with the service's tables, JSON errors, simulated faults and the outbox."""
+    engine = make_engine(config.database_url)
+    all_tables = [IdempotencyRecord.__table__, Callback.__table__, *(t.__table__ for t in tables)]  # type: ignore[attr-defined]
+    SQLModel.metadata.create_all(engine, tables=all_tables)
+    holder: dict[str, Service] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        service = holder["service"]
+        tasks = [asyncio.create_task(deliver_callbacks(service))]
+        tasks += [asyncio.create_task(job(service)) for job in background]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    app = FastAPI(title=f"posflow sandbox {config.name} service", lifespan=lifespan)
+    service = Service(config=config, engine=engine, app=app, tables=all_tables)
+    holder["service"] = service
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, err: ServiceError) -> JSONResponse:
+        return JSONResponse(error_body(err.error, err.message, err.fields), status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        fields = {".".join(str(p) for p in e["loc"] if p != "body"): e["msg"] for e in err.errors()}
+        return JSONResponse(
+            error_body("invalid_request", "the request has invalid fields", fields), status_code=422
+        )
+
+    @app.middleware("http")
+    async def _simulated_faults(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        if request.url.path == "/health":
+            return await call_next(request)
+        low, high = config.delay
+        if high > 0:
+            await asyncio.sleep(random.uniform(low, high))
+        if config.failure_rate and random.random() < config.failure_rate:
+            return JSONResponse(
+                error_body("simulated_failure", f"{config.name} is failing on purpose"),
+                status_code=503,
+            )
+        return await call_next(request)
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"service": config.name, "status": "ok"}
+
+    if setup is not None:
+        setup(service)
+    return service
+
+
+async def deliver_callbacks(service: Service, poll: float = 0.2) -> None:
+    """Send due callbacks to the gateway, signed; retry with back-off until a 2xx or a 4xx that
+    says the gateway will never take it (recorded, not retried)."""
+    config = service.config
+    async with httpx.AsyncClient(base_url=config.gateway_url, timeout=10) as client:
+        while True:
+            now = datetime.now(UTC)
+            with service.session() as session:
+                due = session.exec(
+                    select(Callback)
+                    .where(Callback.service == config.name, Callback.delivered_at == None)  # noqa: E711
+                    .where(Callback.next_attempt_at <= now)
+                    .order_by(Callback.id)  # type: ignore[arg-type]
+                    .limit(50)
+                ).all()
+                for callback in due:
+                    await _deliver(client, session, config, callback)
+                session.commit()
+            await asyncio.sleep(poll)
+
+
+async def _deliver(
+    client: httpx.AsyncClient, session: Session, config: ServiceConfig, callback: Callback
+) -> None:
+    body = callback.body.encode()
+    callback.attempts += 1
+    try:
+        response = await client.post(
+            callback.path,
+            content=body,
+            headers={
+                "Content-Type": "application/json",
+                HEADER: sign(body, config.callback_secret, int(time.time())),
+            },
+        )
+        final = response.is_success or response.status_code in (400, 404, 409, 422)
+        callback.last_error = (
+            "" if response.is_success else f"{response.status_code} {response.text[:300]}"
+        )
+    except httpx.HTTPError as err:
+        final = False
+        callback.last_error = f"{type(err).__name__}: {err}"
+    if final:
+        callback.delivered_at = datetime.now(UTC)
+    else:
+        backoff = min(0.5 * 2 ** (callback.attempts - 1), 30.0)
+        callback.next_attempt_at = datetime.now(UTC) + timedelta(seconds=backoff)
+    session.add(callback)
+    log.info(
+        "callback_attempt",
+        service=config.name,
+        path=callback.path,
+        attempt=callback.attempts,
+        delivered=final,
+        error=callback.last_error or None,
+    )
