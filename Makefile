@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check --no-input
-PRODUCT := schemas workflows activities workers cli services
+PRODUCT := schemas workflows activities workers cli services gateway
 
 .PHONY: test test-local up lint fmt compile clean
 

@@ -84,6 +84,11 @@ def _mask_item(key: str, item: Any, in_document: bool) -> Any:
     return _mask(item, in_document=in_document or "document" in key.lower())
 
 
+def masked(value: Any) -> Any:
+    """`value` (a model, mapping, list or text) with every personal number masked."""
+    return _mask(value)
+
+
 def mask_personal_data(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """structlog processor: mask personal numbers in every value of the event, nested included."""
     masked: EventDict = _mask(event_dict)

@@ -1,0 +1,450 @@
+"""The gateway's HTTP API (DESIGN.md, "External contracts"): requests become workflow starts,
+queries and updates; every message is verified, applied at most once and kept with its outcome."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from sqlmodel import col, select
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.documents import validate_application
+from gateway.store import ApplicationRecord, Store
+from schemas.application import Application, workflow_id_for
+from schemas.documents import DocumentSubmission
+from schemas.messages import (
+    Ack,
+    AdminAction,
+    CancelRequest,
+    ContractEvent,
+    DeliveryOutcome,
+    Refusal,
+    ReviewDecision,
+    ShipmentScan,
+    SiteSurveyResult,
+    TerminalActivated,
+    TrainingCompleted,
+)
+from schemas.policy import policy_for
+from schemas.status import OnboardingStart
+from services.signing import HEADER, SignatureError, verify
+from workers.config import DEFAULT_TASK_QUEUE, state_dir
+from workers.logging import masked
+from workflows.case import CHINA
+from workflows.onboarding import PosOnboarding
+
+M = TypeVar("M", bound=BaseModel)
+SERVICES = ("review", "contract", "device", "logistics")
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    database_url: str
+    task_queue: str = DEFAULT_TASK_QUEUE
+    secrets: dict[str, str] = field(default_factory=lambda: dict.fromkeys(SERVICES, "dev-secret"))
+
+    @classmethod
+    def from_env(cls) -> GatewaySettings:
+        url = os.environ.get("POSFLOW_GATEWAY_DATABASE_URL") or os.environ.get("DATABASE_URL")
+        return cls(
+            database_url=url or f"sqlite:///{state_dir() / 'gateway.db'}",
+            task_queue=os.environ.get("POSFLOW_TASK_QUEUE", DEFAULT_TASK_QUEUE),
+            secrets={
+                s: os.environ.get(f"POSFLOW_{s.upper()}_SECRET", "dev-secret") for s in SERVICES
+            },
+        )
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        message: str,
+        fields: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message = status, error, message
+        self.fields = fields or {}
+        self.extra = extra
+
+    def response(self) -> JSONResponse:
+        body = {"error": self.error, "message": self.message, "fields": self.fields, **self.extra}
+        return JSONResponse(body, status_code=self.status)
+
+
+_REFUSAL_STATUS = {Refusal.INVALID.value: 422, Refusal.UNAVAILABLE.value: 503}
+
+
+def _fields(err: ValidationError, prefix: str = "") -> dict[str, str]:
+    return {
+        prefix + ".".join(str(p) for p in e["loc"])
+        if e["loc"]
+        else prefix.rstrip(".") or "body": str(masked(e["msg"]))
+        for e in err.errors()
+    }
+
+
+def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
+    store = Store(settings.database_url)
+    app = FastAPI(title="posflow gateway")
+    app.state.store = store
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, err: ApiError) -> JSONResponse:
+        return err.response()
+
+    def handle(application_id: str) -> WorkflowHandle[PosOnboarding, Any]:
+        return client.get_workflow_handle_for(PosOnboarding.run, workflow_id_for(application_id))
+
+    async def read_json(request: Request) -> Any:
+        try:
+            return json.loads(await request.body())
+        except ValueError as err:
+            raise ApiError(400, "invalid_json", "the body is not JSON") from err
+
+    def parse(model: type[M], data: Any) -> M:
+        try:
+            return model.model_validate(data)
+        except ValidationError as err:
+            raise ApiError(
+                422, "invalid_request", "the request has invalid fields", _fields(err)
+            ) from err
+
+    async def run_update(application_id: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Send an update; map the workflow's refusal or an unknown application to an ApiError."""
+        try:
+            return await call()
+        except WorkflowUpdateFailedError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError):
+                kind = cause.type or "Refused"
+                raise ApiError(_REFUSAL_STATUS.get(kind, 409), kind, cause.message) from err
+            raise ApiError(409, "refused", str(cause or err)) from err
+        except RPCError as err:
+            if err.status is RPCStatusCode.NOT_FOUND:
+                if store.application(application_id) is None:
+                    raise ApiError(
+                        404, "unknown_application", f"no application {application_id}"
+                    ) from err
+                raise ApiError(
+                    409, Refusal.FINISHED.value, f"application {application_id} has ended"
+                ) from err
+            raise ApiError(
+                503, "temporal_unavailable", "the process engine did not answer"
+            ) from err
+
+    async def message(
+        request: Request,
+        application_id: str,
+        source: str,
+        kind: str,
+        model: type[M],
+        apply: Callable[[M], Awaitable[Ack]],
+        signed_by: str | None = None,
+    ) -> JSONResponse:
+        """Verify, parse and apply one message; keep it with its outcome whatever happens."""
+        raw = await request.body()
+        message_id = ""
+        try:
+            if signed_by is not None:
+                header = request.headers.get(HEADER)
+                try:
+                    verify(raw, header, settings.secrets[signed_by], int(time.time()))
+                except SignatureError as err:
+                    raise ApiError(401, "bad_signature", str(err)) from err
+                if not store.first_use_of(header or ""):
+                    raise ApiError(
+                        401, "replayed_signature", "this signed message was already received"
+                    )
+            payload = parse(model, await read_json(request))
+            message_id = _message_id(payload)
+            ack = await run_update(application_id, lambda: apply(payload))
+        except ApiError as err:
+            store.record_message(
+                application_id=application_id,
+                source=source,
+                kind=kind,
+                message_id=message_id,
+                outcome="refused"
+                if err.status == 409
+                else "invalid"
+                if err.status < 500
+                else "failed",
+                detail=f"{err.error}: {err.message}",
+                body=masked(_safe_json(raw)),
+            )
+            raise
+        outcome = "duplicate" if ack.duplicate else "applied"
+        store.record_message(
+            application_id=application_id,
+            source=source,
+            kind=kind,
+            message_id=ack.message_id,
+            outcome=outcome,
+            detail=ack.detail,
+            body=masked(_safe_json(raw)),
+        )
+        if ack.stage:
+            store.set_stage(application_id, ack.stage)
+        return JSONResponse({"outcome": outcome, **ack.model_dump(mode="json")})
+
+    # --- applications ----------------------------------------------------------------------------
+
+    @app.post("/api/applications", status_code=201)
+    async def start_application(request: Request) -> JSONResponse:
+        data = await read_json(request)
+        if not isinstance(data, dict):
+            raise ApiError(422, "invalid_request", "the body must be an application object")
+        overrides = data.pop("policy", None) or {}
+        data.setdefault("application_id", f"A{uuid.uuid4().hex[:16].upper()}")
+        application = parse(Application, data)
+        issues = validate_application(application, today=datetime.now(CHINA).date())
+        if issues:
+            raise ApiError(
+                422,
+                "invalid_application",
+                "the application has invalid fields",
+                {i.field: i.message for i in issues},
+            )
+        try:
+            policy = policy_for(application.channel, overrides)
+        except ValidationError as err:
+            raise ApiError(
+                422, "invalid_policy", "the policy overrides are invalid", _fields(err, "policy.")
+            ) from err
+        created = True
+        try:
+            await client.start_workflow(
+                PosOnboarding.run,
+                OnboardingStart(application=application, policy=policy),
+                id=application.workflow_id,
+                task_queue=settings.task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            )
+        except WorkflowAlreadyStartedError:
+            created = False  # an idempotent retry: the same application id, already running
+        record = store.record_application(
+            ApplicationRecord(
+                application_id=application.application_id,
+                workflow_id=application.workflow_id,
+                channel=application.channel.value,
+                merchant_type=application.merchant.merchant_type.value,
+                merchant_name=application.merchant.name,
+                stage="collecting_documents",
+                application=json.dumps(
+                    masked(application.model_dump(mode="json")), ensure_ascii=False
+                ),
+            )
+        )
+        body = {
+            "application_id": record.application_id,
+            "workflow_id": record.workflow_id,
+            "stage": record.stage,
+            "created": created,
+        }
+        return JSONResponse(body, status_code=201 if created else 200)
+
+    @app.get("/api/applications")
+    async def list_applications(
+        stage: str | None = None, channel: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        query = select(ApplicationRecord)
+        if stage:
+            query = query.where(ApplicationRecord.stage == stage)
+        if channel:
+            query = query.where(ApplicationRecord.channel == channel)
+        with store.session() as session:
+            rows = session.exec(
+                query.order_by(col(ApplicationRecord.created_at)).limit(min(limit, 500))
+            ).all()
+            return [r.model_dump(mode="json", exclude={"application"}) for r in rows]
+
+    @app.get("/api/applications/{application_id}")
+    async def status(application_id: str) -> JSONResponse:
+        try:
+            result = await handle(application_id).query(PosOnboarding.status)
+        except RPCError as err:
+            if err.status is RPCStatusCode.NOT_FOUND:
+                raise ApiError(
+                    404, "unknown_application", f"no application {application_id}"
+                ) from err
+            raise ApiError(
+                503, "temporal_unavailable", "the process engine did not answer"
+            ) from err
+        store.set_stage(application_id, result.stage.value)
+        return JSONResponse(result.model_dump(mode="json"))
+
+    @app.get("/api/applications/{application_id}/messages")
+    async def messages(application_id: str) -> list[dict[str, Any]]:
+        return [m.model_dump(mode="json") for m in store.messages(application_id)]
+
+    @app.post("/api/applications/{application_id}/documents")
+    async def documents(application_id: str, request: Request) -> JSONResponse:
+        submission = parse(DocumentSubmission, await read_json(request))
+        try:
+            result = await run_update(
+                application_id,
+                lambda: handle(application_id).execute_update(
+                    PosOnboarding.submit_documents, submission
+                ),
+            )
+        except ApiError as err:
+            store.record_message(
+                application_id=application_id,
+                source="merchant",
+                kind="documents",
+                message_id=submission.submission_id,
+                outcome="refused",
+                detail=f"{err.error}: {err.message}",
+            )
+            raise
+        outcome = "duplicate" if result.duplicate else "applied"
+        store.record_message(
+            application_id=application_id,
+            source="merchant",
+            kind="documents",
+            message_id=submission.submission_id,
+            outcome=outcome,
+            detail=f"{len(result.issues)} issues, outstanding: "
+            f"{', '.join(k.value for k in result.outstanding) or 'none'}",
+            body=masked(submission.model_dump(mode="json")),
+        )
+        body = result.model_dump(mode="json")
+        if result.issues:
+            # Valid documents were filed; the bad ones are named, nothing else changed.
+            raise ApiError(
+                422,
+                "invalid_documents",
+                "some documents are invalid",
+                {i.field: i.message for i in result.issues},
+                result=body,
+            )
+        return JSONResponse(body)
+
+    # --- callbacks from the services (signed) and actions by people ------------------------------
+
+    def route(
+        path: str, source: str, kind: str, model: type[M], update: Any, signed_by: str | None
+    ) -> None:
+        async def endpoint(application_id: str, request: Request) -> JSONResponse:
+            return await message(
+                request,
+                application_id,
+                source,
+                kind,
+                model,
+                lambda m: handle(application_id).execute_update(update, m),
+                signed_by,
+            )
+
+        app.post(path, name=kind)(endpoint)
+
+    base = "/api/applications/{application_id}"
+    route(
+        f"{base}/review-decision",
+        "review",
+        "review_decision",
+        ReviewDecision,
+        PosOnboarding.review_decision,
+        "review",
+    )
+    route(
+        f"{base}/site-survey",
+        "review",
+        "site_survey",
+        SiteSurveyResult,
+        PosOnboarding.site_survey_result,
+        "review",
+    )
+    route(
+        f"{base}/contract",
+        "contract",
+        "contract_event",
+        ContractEvent,
+        PosOnboarding.contract_event,
+        "contract",
+    )
+    route(
+        f"{base}/delivery",
+        "logistics",
+        "delivery_outcome",
+        DeliveryOutcome,
+        PosOnboarding.delivery_outcome,
+        "logistics",
+    )
+    route(
+        f"{base}/activation",
+        "device",
+        "terminal_activated",
+        TerminalActivated,
+        PosOnboarding.terminal_activated,
+        "device",
+    )
+    route(
+        f"{base}/training",
+        "logistics",
+        "training_completed",
+        TrainingCompleted,
+        PosOnboarding.training_completed,
+        "logistics",
+    )
+    route(f"{base}/cancel", "merchant", "cancel", CancelRequest, PosOnboarding.cancel, None)
+    route(
+        "/api/admin/applications/{application_id}/retry",
+        "admin",
+        "retry",
+        AdminAction,
+        PosOnboarding.retry,
+        None,
+    )
+    route(
+        "/api/admin/applications/{application_id}/skip",
+        "admin",
+        "skip",
+        AdminAction,
+        PosOnboarding.skip,
+        None,
+    )
+
+    @app.post(f"{base}/shipment-scans", status_code=202)
+    async def shipment_scan(application_id: str, request: Request) -> JSONResponse:
+        """Tracking scans are fire-and-forget: a signal, acknowledged as accepted."""
+
+        async def signal(scan: ShipmentScan) -> Ack:
+            await handle(application_id).signal(PosOnboarding.shipment_scanned, scan)
+            return Ack(message_id=scan.event_id, stage="", detail="scan accepted")
+
+        return await message(
+            request, application_id, "logistics", "shipment_scan", ShipmentScan, signal, "logistics"
+        )
+
+    return app
+
+
+def _safe_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _message_id(payload: BaseModel) -> str:
+    for name in ("decision_id", "event_id", "request_id", "submission_id"):
+        if (value := getattr(payload, name, None)) is not None:
+            return str(value)
+    return ""
