@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import Engine, event
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from services.signing import HEADER, sign
@@ -170,7 +171,24 @@ def idempotent(
             response=json.dumps(body),
         )
     )
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:
+        # The same key arrived twice at once and the other request committed first: undo this
+        # one's write and answer as the first did.
+        session.rollback()
+        winner = session.get(IdempotencyRecord, (service, key))
+        if winner is None or winner.fingerprint != print_:
+            raise ServiceError(
+                409,
+                "idempotency_key_reused",
+                "this idempotency key was used for a different request",
+            ) from None
+        return JSONResponse(
+            json.loads(winner.response),
+            status_code=winner.status_code,
+            headers={"Idempotent-Replay": "true"},
+        )
     return JSONResponse(body, status_code=status_code)
 
 

@@ -1,0 +1,787 @@
+"""The sandbox device service (terminal management): device models and their inventory of serial
+numbers, reservations, MID/TID registration, activation codes, activation and binding of a
+terminal to its merchant, test transactions, and switching acquiring on.
+
+Every write first "claims" the row it changes with a conditional UPDATE, so the rest of the
+transaction runs under that row's write lock (SQLite serialises writers; PostgreSQL locks the
+row): two requests can never take the same terminal or allocate two MIDs for one application.
+A MID or TID once issued is never issued again, even after it is released (retired).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from fastapi import Header
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from pydantic import Field as PydanticField
+from sqlalchemy import func, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Field, Session, SQLModel, col, select
+
+from schemas import steps
+from schemas.application import Model
+from schemas.identifiers import check_mid, check_tid
+from schemas.messages import TerminalActivated
+from services.base import (
+    IDEMPOTENCY_HEADER,
+    Service,
+    ServiceConfig,
+    ServiceError,
+    create_service,
+    enqueue_callback,
+    idempotent,
+)
+
+log = structlog.get_logger(__name__)
+
+SEED_MODELS: tuple[tuple[str, str, str], ...] = (
+    # model code, serial prefix, description
+    ("LKL-A8", "A8", "Lakala A8 smart POS"),
+    ("LKL-Q5", "Q5", "Lakala Q5 traditional POS"),
+    ("SMART-P2", "P2", "Smart P2 handheld POS"),
+)
+DEFAULT_STOCK = 200
+DEFAULT_AUTO_DELAY_MS = 500
+_TID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite gives datetimes back without their zone; they were stored as UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+# --- tables ----------------------------------------------------------------------------------
+
+
+class TerminalStatus:
+    IN_STOCK = "in_stock"
+    RESERVED = "reserved"
+    REGISTERED = "registered"
+    ACTIVATED = "activated"
+    RELEASED = "released"  # a reservation's state; a released terminal is back in_stock
+
+
+class DeviceModel(SQLModel, table=True):
+    __tablename__ = "device_models"
+
+    code: str = Field(primary_key=True)
+    serial_prefix: str = Field(unique=True)
+    description: str = ""
+
+
+class Terminal(SQLModel, table=True):
+    __tablename__ = "device_terminals"
+
+    serial: str = Field(primary_key=True)  # unique by being the key
+    model: str = Field(index=True, foreign_key="device_models.code")
+    status: str = Field(default=TerminalStatus.IN_STOCK, index=True)
+    reservation_id: str | None = Field(default=None, index=True)
+    mid: str | None = None
+    tid: str | None = None
+    activated_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=_now)
+
+
+class Reservation(SQLModel, table=True):
+    __tablename__ = "device_reservations"
+
+    id: str = Field(primary_key=True)
+    application_id: str = Field(index=True)
+    model: str
+    quantity: int
+    status: str = TerminalStatus.RESERVED  # reserved | registered | released
+    mid: str | None = None
+    release_reason: str = ""
+    created_at: datetime = Field(default_factory=_now)
+    updated_at: datetime = Field(default_factory=_now)
+
+
+class Merchant(SQLModel, table=True):
+    __tablename__ = "device_merchants"
+
+    mid: str = Field(primary_key=True)  # never reissued: a retired row stays
+    application_id: str = Field(index=True)
+    merchant_name: str
+    acquiring_enabled_at: datetime | None = None
+    retired_at: datetime | None = None
+    created_at: datetime = Field(default_factory=_now)
+    updated_at: datetime = Field(default_factory=_now)
+
+
+class TerminalId(SQLModel, table=True):
+    __tablename__ = "device_tids"
+
+    tid: str = Field(primary_key=True)  # never reissued: a retired row stays
+    mid: str = Field(index=True)
+    serial: str = Field(index=True)
+    reservation_id: str = Field(index=True)
+    retired_at: datetime | None = None
+    created_at: datetime = Field(default_factory=_now)
+
+
+class ActivationCodeRow(SQLModel, table=True):
+    __tablename__ = "device_activation_codes"
+
+    id: int | None = Field(default=None, primary_key=True)
+    serial: str = Field(index=True)
+    mid: str
+    tid: str
+    code: str
+    issued_at: datetime = Field(default_factory=_now, index=True)
+    used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class TestTransaction(SQLModel, table=True):
+    __tablename__ = "device_test_transactions"
+    __test__ = False  # not a pytest test class
+
+    reference: str = Field(primary_key=True)
+    application_id: str = Field(index=True)
+    serial: str = Field(index=True)
+    mid: str
+    tid: str
+    approved: bool
+    response_code: str
+    created_at: datetime = Field(default_factory=_now)
+
+
+TABLES: list[type[SQLModel]] = [
+    DeviceModel,
+    Terminal,
+    Reservation,
+    Merchant,
+    TerminalId,
+    ActivationCodeRow,
+    TestTransaction,
+]
+
+
+# --- request and response bodies (the step's fields; the key travels in the header) -----------
+
+
+class ReserveBody(Model):
+    application_id: str = PydanticField(min_length=1, max_length=80)
+    model: str = PydanticField(min_length=1, max_length=40)
+    quantity: int = PydanticField(ge=1, le=100)
+
+
+class RegisterBody(Model):
+    application_id: str = PydanticField(min_length=1, max_length=80)
+    merchant_name: str = PydanticField(min_length=1, max_length=200)
+    serials: list[str] = PydanticField(min_length=1)
+
+
+class ReleaseBody(Model):
+    reason: str = PydanticField(min_length=1, max_length=500)
+
+
+class IssueCodesBody(Model):
+    application_id: str = PydanticField(min_length=1, max_length=80)
+    mid: str
+    terminals: list[steps.TerminalIds] = PydanticField(min_length=1)
+
+
+class ActivateBody(Model):
+    code: str = PydanticField(min_length=1, max_length=20)
+
+
+class TestTransactionBody(Model):
+    __test__ = False  # not a pytest test class
+
+    application_id: str = PydanticField(min_length=1, max_length=80)
+    mid: str
+    serial: str
+    tid: str
+
+
+class AcquiringBody(Model):
+    application_id: str = PydanticField(min_length=1, max_length=80)
+    tids: list[str] = PydanticField(min_length=1)
+
+
+class ModelStock(Model):
+    model: str
+    description: str
+    in_stock: int
+    total: int
+
+
+class TerminalView(Model):
+    serial: str
+    model: str
+    status: str
+    reservation_id: str | None
+    mid: str | None
+    tid: str | None
+    activated_at: datetime | None
+
+
+def _view(terminal: Terminal) -> TerminalView:
+    return TerminalView(
+        serial=terminal.serial,
+        model=terminal.model,
+        status=terminal.status,
+        reservation_id=terminal.reservation_id,
+        mid=terminal.mid,
+        tid=terminal.tid,
+        activated_at=_utc(terminal.activated_at) if terminal.activated_at else None,
+    )
+
+
+# --- seeding ---------------------------------------------------------------------------------
+
+
+def _stock_per_model(config: ServiceConfig) -> int:
+    raw = config.options.get("stock_per_model") or os.environ.get("POSFLOW_DEVICE_STOCK")
+    return int(raw) if raw else DEFAULT_STOCK
+
+
+def seed(service: Service) -> None:
+    """Models and their inventory, on first start only (an empty models table)."""
+    with service.session() as session:
+        if session.exec(select(DeviceModel)).first() is not None:
+            return
+        stock = _stock_per_model(service.config)
+        for code, prefix, description in SEED_MODELS:
+            session.add(DeviceModel(code=code, serial_prefix=prefix, description=description))
+            session.add_all(
+                Terminal(serial=f"{prefix}{2400000001 + i:010d}", model=code) for i in range(stock)
+            )
+        session.commit()
+
+
+# --- claiming rows: the conditional UPDATE that takes the write lock first ---------------------
+
+
+def _claim_reservation(session: Session, reservation_id: str) -> Reservation:
+    claimed = session.exec(
+        update(Reservation)
+        .where(col(Reservation.id) == reservation_id)
+        .values(updated_at=_now())
+        .execution_options(synchronize_session=False)
+    )
+    reservation = session.get(Reservation, reservation_id) if claimed.rowcount else None
+    if reservation is None:
+        raise ServiceError(404, "unknown_reservation", f"no reservation {reservation_id}")
+    return reservation
+
+
+def _claim_terminal(session: Session, serial: str) -> Terminal:
+    claimed = session.exec(
+        update(Terminal)
+        .where(col(Terminal.serial) == serial)
+        .values(updated_at=_now())
+        .execution_options(synchronize_session=False)
+    )
+    terminal = session.get(Terminal, serial) if claimed.rowcount else None
+    if terminal is None:
+        raise ServiceError(404, "unknown_terminal", f"no terminal {serial}", {"serial": "unknown"})
+    return terminal
+
+
+def _claim_merchant(session: Session, mid: str) -> Merchant:
+    claimed = session.exec(
+        update(Merchant)
+        .where(col(Merchant.mid) == mid, col(Merchant.retired_at).is_(None))
+        .values(updated_at=_now())
+        .execution_options(synchronize_session=False)
+    )
+    merchant = session.get(Merchant, mid) if claimed.rowcount else None
+    if merchant is None:
+        raise ServiceError(404, "unknown_merchant", f"no active merchant {mid}", {"mid": "unknown"})
+    return merchant
+
+
+# --- the operations --------------------------------------------------------------------------
+
+
+def reserve(session: Session, body: ReserveBody) -> steps.TerminalsReserved:
+    if session.get(DeviceModel, body.model) is None:
+        raise ServiceError(
+            404, "unknown_model", f"no device model {body.model}", {"model": "unknown"}
+        )
+    reservation_id = "RS-" + uuid.uuid4().hex[:16].upper()
+    available = (
+        select(Terminal.serial)
+        .where(Terminal.model == body.model, Terminal.status == TerminalStatus.IN_STOCK)
+        .order_by(col(Terminal.serial))
+        .limit(body.quantity)
+    )
+    # One statement: it takes the write lock and only touches terminals still in stock.
+    taken = session.exec(
+        update(Terminal)
+        .where(col(Terminal.serial).in_(available.scalar_subquery()))
+        .where(col(Terminal.status) == TerminalStatus.IN_STOCK)
+        .values(status=TerminalStatus.RESERVED, reservation_id=reservation_id, updated_at=_now())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if taken < body.quantity:
+        session.rollback()
+        raise ServiceError(
+            409,
+            "out_of_stock",
+            f"{body.model}: {body.quantity} requested, {taken} available",
+            {"model": body.model, "available": str(taken)},
+        )
+    session.add(
+        Reservation(
+            id=reservation_id,
+            application_id=body.application_id,
+            model=body.model,
+            quantity=body.quantity,
+        )
+    )
+    serials = session.exec(
+        select(Terminal.serial)
+        .where(Terminal.reservation_id == reservation_id)
+        .order_by(col(Terminal.serial))
+    ).all()
+    return steps.TerminalsReserved(reservation_id=reservation_id, serials=list(serials))
+
+
+def _new_mid(session: Session) -> str:
+    while True:
+        mid = "898" + "".join(secrets.choice("0123456789") for _ in range(12))
+        if check_mid(mid) is not None:  # the generator's own guard
+            raise RuntimeError(f"generated MID {mid!r} is malformed")
+        if session.get(Merchant, mid) is None:
+            return mid
+
+
+def _new_tid(session: Session) -> str:
+    while True:
+        tid = "".join(secrets.choice(_TID_ALPHABET) for _ in range(8))
+        if check_tid(tid) is not None:
+            raise RuntimeError(f"generated TID {tid!r} is malformed")
+        if session.get(TerminalId, tid) is None:
+            return tid
+
+
+def register(
+    session: Session, reservation_id: str, body: RegisterBody
+) -> steps.TerminalsRegistered:
+    reservation = _claim_reservation(session, reservation_id)
+    if reservation.status == TerminalStatus.RELEASED:
+        raise ServiceError(409, "reservation_released", f"{reservation_id} was released")
+    if reservation.application_id != body.application_id:
+        raise ServiceError(
+            409,
+            "wrong_application",
+            f"{reservation_id} belongs to another application",
+            {"application_id": "does not own this reservation"},
+        )
+    terminals = session.exec(
+        select(Terminal)
+        .where(Terminal.reservation_id == reservation_id)
+        .order_by(col(Terminal.serial))
+    ).all()
+    if sorted(body.serials) != [t.serial for t in terminals]:
+        raise ServiceError(
+            422,
+            "serials_mismatch",
+            "the serials are not the reservation's",
+            {"serials": f"expected the {len(terminals)} serials of {reservation_id}"},
+        )
+    merchant = session.exec(
+        select(Merchant).where(
+            Merchant.application_id == body.application_id, col(Merchant.retired_at).is_(None)
+        )
+    ).first()
+    if merchant is None:
+        merchant = Merchant(
+            mid=_new_mid(session),
+            application_id=body.application_id,
+            merchant_name=body.merchant_name,
+        )
+        session.add(merchant)
+        session.flush()
+    ids: list[steps.TerminalIds] = []
+    for terminal in terminals:
+        if terminal.tid is None:
+            terminal.tid = _new_tid(session)
+            terminal.mid = merchant.mid
+            terminal.status = TerminalStatus.REGISTERED
+            terminal.updated_at = _now()
+            session.add(
+                TerminalId(
+                    tid=terminal.tid,
+                    mid=merchant.mid,
+                    serial=terminal.serial,
+                    reservation_id=reservation_id,
+                )
+            )
+            session.add(terminal)
+            session.flush()
+        ids.append(steps.TerminalIds(serial=terminal.serial, tid=terminal.tid))
+    reservation.mid = merchant.mid
+    reservation.status = TerminalStatus.REGISTERED
+    session.add(reservation)
+    return steps.TerminalsRegistered(mid=merchant.mid, terminals=ids)
+
+
+def release(session: Session, reservation_id: str, body: ReleaseBody) -> steps.Undone:
+    reservation = _claim_reservation(session, reservation_id)
+    if reservation.status == TerminalStatus.RELEASED:
+        return steps.Undone(reference=reservation_id, detail="already released")
+    now = _now()
+    terminals = session.exec(
+        select(Terminal).where(Terminal.reservation_id == reservation_id)
+    ).all()
+    for terminal in terminals:
+        # Back on the shelf; an activated terminal is deactivated and unbound.
+        terminal.status = TerminalStatus.IN_STOCK
+        terminal.reservation_id = None
+        terminal.mid = None
+        terminal.tid = None
+        terminal.activated_at = None
+        terminal.updated_at = now
+        session.add(terminal)
+    for tid in session.exec(
+        select(TerminalId).where(
+            TerminalId.reservation_id == reservation_id, col(TerminalId.retired_at).is_(None)
+        )
+    ).all():
+        tid.retired_at = now
+        session.add(tid)
+    serials = [t.serial for t in terminals]
+    if serials:
+        session.exec(
+            update(ActivationCodeRow)
+            .where(
+                col(ActivationCodeRow.serial).in_(serials),
+                col(ActivationCodeRow.used_at).is_(None),
+                col(ActivationCodeRow.revoked_at).is_(None),
+            )
+            .values(revoked_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    retired_mid = ""
+    if reservation.mid is not None:
+        others = session.exec(
+            select(func.count())
+            .select_from(Reservation)
+            .where(
+                Reservation.mid == reservation.mid,
+                Reservation.id != reservation_id,
+                Reservation.status != TerminalStatus.RELEASED,
+            )
+        ).one()
+        merchant = session.get(Merchant, reservation.mid)
+        if not others and merchant is not None and merchant.retired_at is None:
+            merchant.retired_at = now
+            session.add(merchant)
+            retired_mid = f", MID {merchant.mid} retired"
+    reservation.status = TerminalStatus.RELEASED
+    reservation.release_reason = body.reason
+    session.add(reservation)
+    return steps.Undone(
+        reference=reservation_id, detail=f"{len(terminals)} terminal(s) back in stock{retired_mid}"
+    )
+
+
+def issue_codes(session: Session, body: IssueCodesBody) -> steps.ActivationCodesIssued:
+    merchant = _claim_merchant(session, body.mid)
+    codes: list[steps.ActivationCode] = []
+    now = _now()
+    for requested in body.terminals:
+        terminal = session.get(Terminal, requested.serial)
+        if terminal is None or terminal.mid != merchant.mid or terminal.tid != requested.tid:
+            raise ServiceError(
+                409,
+                "not_registered",
+                f"terminal {requested.serial} is not registered to {body.mid} as {requested.tid}",
+                {"terminals": f"{requested.serial} is not registered to this merchant"},
+            )
+        # A new code replaces any earlier one not yet used.
+        session.exec(
+            update(ActivationCodeRow)
+            .where(
+                col(ActivationCodeRow.serial) == terminal.serial,
+                col(ActivationCodeRow.used_at).is_(None),
+                col(ActivationCodeRow.revoked_at).is_(None),
+            )
+            .values(revoked_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        code = f"{secrets.randbelow(1_000_000):06d}"
+        session.add(
+            ActivationCodeRow(
+                serial=terminal.serial,
+                mid=merchant.mid,
+                tid=requested.tid,
+                code=code,
+                issued_at=now,
+            )
+        )
+        codes.append(steps.ActivationCode(serial=terminal.serial, code=code))
+    return steps.ActivationCodesIssued(codes=codes)
+
+
+def activate(session: Session, service_name: str, serial: str, code: str) -> TerminalView:
+    """The merchant enters the code on the terminal: bind it to the merchant, call back."""
+    terminal = _claim_terminal(session, serial)
+    issued = session.exec(
+        select(ActivationCodeRow)
+        .where(ActivationCodeRow.serial == serial, col(ActivationCodeRow.revoked_at).is_(None))
+        .order_by(col(ActivationCodeRow.id).desc())
+    ).first()
+    if issued is None or not secrets.compare_digest(issued.code, code):
+        raise ServiceError(
+            422, "invalid_code", "the activation code is not right", {"code": "does not match"}
+        )
+    if terminal.status == TerminalStatus.ACTIVATED:
+        if issued.used_at is None:
+            issued.used_at = _now()
+            session.add(issued)
+        return _view(terminal)  # entered again: already done, no second callback
+    if terminal.mid != issued.mid or terminal.tid != issued.tid:
+        raise ServiceError(409, "not_registered", f"terminal {serial} is no longer registered")
+    reservation = session.get(Reservation, terminal.reservation_id or "")
+    if reservation is None:
+        raise ServiceError(409, "not_reserved", f"terminal {serial} is not reserved")
+    now = _now()
+    issued.used_at = now
+    terminal.status = TerminalStatus.ACTIVATED
+    terminal.activated_at = now
+    terminal.updated_at = now
+    session.add(issued)
+    session.add(terminal)
+    enqueue_callback(
+        session,
+        service_name,
+        f"/api/applications/{reservation.application_id}/activation",
+        TerminalActivated(event_id=str(uuid.uuid4()), serial=serial, tid=issued.tid),
+    )
+    return _view(terminal)
+
+
+def test_transaction(session: Session, body: TestTransactionBody) -> steps.TestTransactionResult:
+    terminal = session.get(Terminal, body.serial)
+    if terminal is None:
+        raise ServiceError(
+            404, "unknown_terminal", f"no terminal {body.serial}", {"serial": "unknown"}
+        )
+    if terminal.mid != body.mid or terminal.tid != body.tid:
+        response_code = "14"  # not bound to this MID/TID
+    elif terminal.status != TerminalStatus.ACTIVATED:
+        response_code = "05"  # not activated
+    else:
+        response_code = "00"
+    result = steps.TestTransactionResult(
+        serial=body.serial,
+        approved=response_code == "00",
+        reference="TX" + uuid.uuid4().hex[:12].upper(),
+        response_code=response_code,
+    )
+    session.add(
+        TestTransaction(
+            reference=result.reference,
+            application_id=body.application_id,
+            serial=body.serial,
+            mid=body.mid,
+            tid=body.tid,
+            approved=result.approved,
+            response_code=response_code,
+        )
+    )
+    return result
+
+
+def enable_acquiring(session: Session, mid: str, body: AcquiringBody) -> steps.AcquiringEnabled:
+    merchant = _claim_merchant(session, mid)
+    not_ready: list[str] = []
+    for tid in body.tids:
+        row = session.get(TerminalId, tid)
+        terminal = session.get(Terminal, row.serial) if row is not None else None
+        if (
+            row is None
+            or row.mid != mid
+            or row.retired_at is not None
+            or terminal is None
+            or terminal.tid != tid
+            or terminal.status != TerminalStatus.ACTIVATED
+        ):
+            not_ready.append(tid)
+    if not_ready:
+        raise ServiceError(
+            409,
+            "terminals_not_activated",
+            f"not every terminal of {mid} is activated",
+            {"tids": ", ".join(not_ready)},
+        )
+    if merchant.acquiring_enabled_at is None:
+        merchant.acquiring_enabled_at = _now()
+        session.add(merchant)
+    return steps.AcquiringEnabled(enabled_at=_utc(merchant.acquiring_enabled_at))
+
+
+# --- auto-activation (demo) ------------------------------------------------------------------
+
+
+def _auto_settings(config: ServiceConfig) -> tuple[bool, float]:
+    enabled = (
+        config.options.get("auto_activate", os.environ.get("POSFLOW_DEVICE_AUTO", "false"))
+    ).lower() == "true"
+    delay_ms = config.options.get(
+        "auto_delay_ms", os.environ.get("POSFLOW_DEVICE_AUTO_DELAY_MS", str(DEFAULT_AUTO_DELAY_MS))
+    )
+    return enabled, float(delay_ms) / 1000
+
+
+def activate_due(service: Service, delay: float) -> int:
+    """Activate every terminal whose code was issued more than `delay` seconds ago, as if the
+    merchant had entered it; returns how many were activated."""
+    cutoff = _now() - timedelta(seconds=delay)
+    with service.session() as session:
+        due = session.exec(
+            select(ActivationCodeRow.serial, ActivationCodeRow.code).where(
+                col(ActivationCodeRow.used_at).is_(None),
+                col(ActivationCodeRow.revoked_at).is_(None),
+                col(ActivationCodeRow.issued_at) <= cutoff,
+            )
+        ).all()
+    done = 0
+    for serial, code in due:
+        with service.session() as session:
+            try:
+                activate(session, service.config.name, serial, code)
+                session.commit()
+                done += 1
+            except ServiceError as err:
+                log.warning("auto_activation_refused", serial=serial, error=err.error)
+    return done
+
+
+async def auto_activation(service: Service) -> None:
+    enabled, delay = _auto_settings(service.config)
+    if not enabled:
+        return
+    log.info("auto_activation_on", delay_seconds=delay)
+    while True:
+        try:
+            await asyncio.to_thread(activate_due, service, delay)
+        except Exception:  # keep the demo job alive through a transient database error
+            log.exception("auto_activation_failed")
+        await asyncio.sleep(min(max(delay / 2, 0.05), 1.0))
+
+
+# --- the app ---------------------------------------------------------------------------------
+
+
+def _once(
+    service: Service,
+    key: str | None,
+    payload: BaseModel | dict[str, Any],
+    write: Callable[[Session], BaseModel],
+    status_code: int = 200,
+) -> JSONResponse:
+    """`idempotent` in a fresh session; a concurrent first use of the same key that lost the race
+    to record it is answered with the winner's response."""
+    for attempt in range(2):
+        with service.session() as session:
+            try:
+                return idempotent(
+                    session, service.config.name, key, payload, lambda: write(session), status_code
+                )
+            except IntegrityError:
+                session.rollback()
+                if attempt:
+                    raise
+    raise AssertionError("unreachable")
+
+
+def routes(service: Service) -> None:
+    app = service.app
+    name = service.config.name
+    Key = Header(default=None, alias=IDEMPOTENCY_HEADER)
+
+    @app.get("/models")
+    def list_models() -> list[ModelStock]:
+        with service.session() as session:
+            rows = session.exec(
+                select(Terminal.model, Terminal.status, func.count()).group_by(
+                    col(Terminal.model), col(Terminal.status)
+                )
+            ).all()
+            counts: dict[str, dict[str, int]] = {}
+            for model, status, count in rows:
+                counts.setdefault(model, {})[status] = count
+            return [
+                ModelStock(
+                    model=m.code,
+                    description=m.description,
+                    in_stock=counts.get(m.code, {}).get(TerminalStatus.IN_STOCK, 0),
+                    total=sum(counts.get(m.code, {}).values()),
+                )
+                for m in session.exec(select(DeviceModel).order_by(col(DeviceModel.code))).all()
+            ]
+
+    @app.get("/terminals/{serial}")
+    def get_terminal(serial: str) -> TerminalView:
+        with service.session() as session:
+            terminal = session.get(Terminal, serial)
+            if terminal is None:
+                raise ServiceError(404, "unknown_terminal", f"no terminal {serial}")
+            return _view(terminal)
+
+    @app.post("/reservations")
+    def post_reservation(body: ReserveBody, key: str | None = Key) -> JSONResponse:
+        return _once(service, key, body, lambda s: reserve(s, body), 201)
+
+    @app.post("/reservations/{reservation_id}/registration")
+    def post_registration(
+        reservation_id: str, body: RegisterBody, key: str | None = Key
+    ) -> JSONResponse:
+        payload = {"reservation_id": reservation_id, **body.model_dump(mode="json")}
+        return _once(service, key, payload, lambda s: register(s, reservation_id, body))
+
+    @app.post("/reservations/{reservation_id}/release")
+    def post_release(reservation_id: str, body: ReleaseBody, key: str | None = Key) -> JSONResponse:
+        payload = {"reservation_id": reservation_id, **body.model_dump(mode="json")}
+        return _once(service, key, payload, lambda s: release(s, reservation_id, body))
+
+    @app.post("/activation-codes")
+    def post_activation_codes(body: IssueCodesBody, key: str | None = Key) -> JSONResponse:
+        return _once(service, key, body, lambda s: issue_codes(s, body), 201)
+
+    @app.post("/terminals/{serial}/activation")
+    def post_activation(serial: str, body: ActivateBody, key: str | None = Key) -> JSONResponse:
+        payload = {"serial": serial, **body.model_dump(mode="json")}
+        return _once(service, key, payload, lambda s: activate(s, name, serial, body.code))
+
+    @app.post("/test-transactions")
+    def post_test_transaction(body: TestTransactionBody, key: str | None = Key) -> JSONResponse:
+        return _once(service, key, body, lambda s: test_transaction(s, body), 201)
+
+    @app.post("/merchants/{mid}/acquiring")
+    def post_acquiring(mid: str, body: AcquiringBody, key: str | None = Key) -> JSONResponse:
+        payload = {"mid": mid, **body.model_dump(mode="json")}
+        return _once(service, key, payload, lambda s: enable_acquiring(s, mid, body))
+
+
+def _setup(service: Service) -> None:
+    seed(service)
+    routes(service)
+
+
+def build(config: ServiceConfig | None = None) -> Service:
+    return create_service(
+        config or ServiceConfig.from_env("device"),
+        tables=TABLES,
+        setup=_setup,
+        background=[auto_activation],
+    )

@@ -1,0 +1,901 @@
+"""The sandbox logistics and field-service system: mails terminals (邮寄) with a tracking number,
+books technicians for on-site installation (上门安装调试) and operating training (培训), recalls
+parcels and collects devices back.
+
+Carrier scans, deliveries and technicians' reports arrive as writes on this service (from an
+operator, a test, or the auto-progress job of the demo) and reach the gateway as signed callbacks:
+a scan as a `ShipmentScan`, a delivery or installation as a `DeliveryOutcome`, a training as a
+`TrainingCompleted`. Return shipments are tracked the same way but call nobody back: the
+application they belong to is already being closed.
+
+Settings, each from `config.options` first, then the environment:
+- `auto_progress` / `POSFLOW_LOGISTICS_AUTO` ("true" to move parcels and appointments on by
+  themselves), `auto_delay_ms` / `POSFLOW_LOGISTICS_AUTO_DELAY_MS` (500, per step),
+  `loss_rate` / `POSFLOW_LOGISTICS_LOSS_RATE` (0: share of parcels and installations that fail);
+- `lead_time_hours` / `POSFLOW_LOGISTICS_LEAD_TIME_HOURS` (24): how far ahead appointments are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import secrets
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import structlog
+from fastapi import Header
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import JSON, Column, DateTime
+from sqlmodel import Field as SQLField
+from sqlmodel import Session, SQLModel, col, select
+
+from schemas.application import Address, Model
+from schemas.messages import DeliveryOutcome, DeliveryOutcomeKind, ShipmentScan, TrainingCompleted
+from schemas.steps import (
+    InstallationBooked,
+    ReturnArranged,
+    ShipmentCreated,
+    TrainingScheduled,
+    Undone,
+)
+from services.base import (
+    Service,
+    ServiceConfig,
+    ServiceError,
+    create_service,
+    enqueue_callback,
+    idempotent,
+)
+
+log = structlog.get_logger(__name__)
+
+CARRIER = "SF Express"
+TRACKING_PREFIX = "SF"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands datetimes back without their zone; every one stored here is UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _timestamp() -> Any:
+    return SQLField(default_factory=_now, sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+# --- the tables ------------------------------------------------------------------------------
+
+
+class ShipmentKind(StrEnum):
+    OUTBOUND = "outbound"
+    RETURN = "return"
+
+
+class ShipmentStatus(StrEnum):
+    CREATED = "created"
+    IN_TRANSIT = "in_transit"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    RECALLED = "recalled"
+
+
+class AppointmentKind(StrEnum):
+    INSTALLATION = "installation"
+    TRAINING = "training"
+
+
+class AppointmentStatus(StrEnum):
+    BOOKED = "booked"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class LogisticsShipment(SQLModel, table=True):
+    __tablename__ = "logistics_shipments"
+
+    shipment_id: str = SQLField(primary_key=True)
+    application_id: str = SQLField(index=True)
+    kind: str
+    carrier: str
+    tracking_number: str = SQLField(unique=True)
+    recipient: str = ""
+    serials: list[str] = SQLField(default_factory=list, sa_column=Column(JSON, nullable=False))
+    address: dict[str, Any] = SQLField(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = SQLField(index=True)
+    reason: str = ""
+    created_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
+
+
+class LogisticsShipmentEvent(SQLModel, table=True):
+    __tablename__ = "logistics_shipment_events"
+
+    id: int | None = SQLField(default=None, primary_key=True)
+    shipment_id: str = SQLField(index=True)
+    status: str
+    location: str = ""
+    description: str = ""
+    at: datetime = _timestamp()
+
+
+class LogisticsAppointment(SQLModel, table=True):
+    """An installation (`appointment_id`) or a training session (`session_id`)."""
+
+    __tablename__ = "logistics_appointments"
+
+    appointment_id: str = SQLField(primary_key=True)
+    application_id: str = SQLField(index=True)
+    kind: str
+    contact: str = ""
+    serials: list[str] = SQLField(default_factory=list, sa_column=Column(JSON, nullable=False))
+    address: dict[str, Any] = SQLField(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    on_site: bool = True
+    scheduled_for: datetime = _timestamp()
+    status: str = SQLField(index=True)
+    performed_by: str = ""
+    detail: str = ""
+    created_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
+
+
+TABLES: list[type[SQLModel]] = [LogisticsShipment, LogisticsShipmentEvent, LogisticsAppointment]
+
+
+# --- requests and answers --------------------------------------------------------------------
+
+ApplicationId = Annotated[str, Field(min_length=1, max_length=80)]
+Serials = Annotated[list[Annotated[str, Field(min_length=1, max_length=40)]], Field(min_length=1)]
+Person = Annotated[str, Field(min_length=1, max_length=120)]
+
+
+class NewShipment(Model):
+    """The fields of `steps.CreateShipment` (its idempotency key travels as the header)."""
+
+    application_id: ApplicationId
+    address: Address
+    recipient: Person
+    serials: Serials
+
+
+class NewReturn(Model):
+    """The fields of `steps.ArrangeReturn`."""
+
+    application_id: ApplicationId
+    serials: Serials
+    address: Address
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class NewInstallation(Model):
+    """The fields of `steps.BookInstallation`."""
+
+    application_id: ApplicationId
+    address: Address
+    contact: Person
+    serials: Serials
+
+
+class NewTraining(Model):
+    """The fields of `steps.ScheduleTraining`."""
+
+    application_id: ApplicationId
+    merchant_name: Person
+    address: Address
+    on_site: bool
+
+
+class Scan(Model):
+    location: str = Field(min_length=1, max_length=120)
+    description: str = Field(default="", max_length=200)
+
+
+class Delivery(Model):
+    outcome: Literal["delivered", "failed"]
+    detail: str = Field(default="", max_length=500)
+
+
+class InstallationReport(Model):
+    outcome: Literal["installed", "failed"]
+    technician: str = Field(min_length=1, max_length=80)
+    detail: str = Field(default="", max_length=500)
+
+
+class TrainingReport(Model):
+    trainer: str = Field(min_length=1, max_length=80)
+    topics: list[Annotated[str, Field(min_length=1, max_length=80)]] = Field(default_factory=list)
+
+
+class Cancellation(Model):
+    """A recall or a cancellation; `application_id`, when given, must be the owner's."""
+
+    reason: str = Field(min_length=1, max_length=500)
+    application_id: str | None = None
+
+
+class ShipmentEventView(Model):
+    status: ShipmentStatus
+    location: str
+    description: str
+    at: datetime
+
+
+class ShipmentView(Model):
+    shipment_id: str
+    application_id: str
+    kind: ShipmentKind
+    carrier: str
+    tracking_number: str
+    status: ShipmentStatus
+    serials: list[str]
+    reason: str
+    created_at: datetime
+    updated_at: datetime
+    history: list[ShipmentEventView]
+
+
+class AppointmentView(Model):
+    appointment_id: str
+    application_id: str
+    kind: AppointmentKind
+    status: AppointmentStatus
+    on_site: bool
+    serials: list[str]
+    scheduled_for: datetime
+    performed_by: str
+    detail: str
+    created_at: datetime
+    updated_at: datetime
+
+
+# --- settings --------------------------------------------------------------------------------
+
+
+def _setting(config: ServiceConfig, option: str, env: str, default: str) -> str:
+    return config.options.get(option) or os.environ.get(f"POSFLOW_LOGISTICS_{env}") or default
+
+
+class Settings(BaseModel):
+    auto_progress: bool
+    auto_delay: timedelta
+    loss_rate: float
+    lead_time: timedelta
+
+    @classmethod
+    def of(cls, config: ServiceConfig) -> Settings:
+        return cls(
+            auto_progress=_setting(config, "auto_progress", "AUTO", "false").lower() == "true",
+            auto_delay=timedelta(
+                milliseconds=float(_setting(config, "auto_delay_ms", "AUTO_DELAY_MS", "500"))
+            ),
+            loss_rate=float(_setting(config, "loss_rate", "LOSS_RATE", "0")),
+            lead_time=timedelta(
+                hours=float(_setting(config, "lead_time_hours", "LEAD_TIME_HOURS", "24"))
+            ),
+        )
+
+
+# --- the logic -------------------------------------------------------------------------------
+
+
+def _not_found(what: str, ident: str) -> ServiceError:
+    return ServiceError(404, "not_found", f"no {what} {ident}")
+
+
+class Logistics:
+    """The service's state changes; the endpoints and the auto-progress job both go through
+    `write`, so a scan or a delivery made either way has the same effects and callbacks."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.name = service.config.name
+        self.settings = Settings.of(service.config)
+        # One process owns the database: read-check-write of a state change is serialised here.
+        self._lock = threading.Lock()
+
+    def write(
+        self,
+        key: str | None,
+        operation: str,
+        body: BaseModel,
+        change: Callable[[Session], BaseModel],
+        status_code: int = 200,
+    ) -> JSONResponse:
+        payload = {"operation": operation, "body": body.model_dump(mode="json")}
+        with self._lock, self.service.session() as session:
+            return idempotent(
+                session, self.name, key, payload, lambda: change(session), status_code
+            )
+
+    # shipments
+
+    def _tracking_number(self, session: Session) -> str:
+        while True:
+            number = f"{TRACKING_PREFIX}{secrets.randbelow(10**12):012d}"
+            taken = session.exec(
+                select(LogisticsShipment).where(LogisticsShipment.tracking_number == number)
+            ).first()
+            if taken is None:
+                return number
+
+    def _new_shipment(
+        self,
+        session: Session,
+        kind: ShipmentKind,
+        application_id: str,
+        address: Address,
+        serials: list[str],
+        recipient: str = "",
+        reason: str = "",
+    ) -> LogisticsShipment:
+        prefix = "SHP" if kind is ShipmentKind.OUTBOUND else "RET"
+        shipment = LogisticsShipment(
+            shipment_id=f"{prefix}{uuid.uuid4().hex[:16].upper()}",
+            application_id=application_id,
+            kind=kind.value,
+            carrier=CARRIER,
+            tracking_number=self._tracking_number(session),
+            recipient=recipient,
+            serials=list(serials),
+            address=address.model_dump(mode="json"),
+            status=ShipmentStatus.CREATED.value,
+            reason=reason,
+        )
+        session.add(shipment)
+        what = "shipment created" if kind is ShipmentKind.OUTBOUND else "return arranged"
+        self._event(session, shipment, ShipmentStatus.CREATED, "", what)
+        log.info(
+            "shipment_created",
+            shipment_id=shipment.shipment_id,
+            application_id=application_id,
+            kind=kind.value,
+            terminals=len(serials),
+        )
+        return shipment
+
+    def _event(
+        self,
+        session: Session,
+        shipment: LogisticsShipment,
+        status: ShipmentStatus,
+        location: str,
+        description: str,
+    ) -> datetime:
+        at = _now()
+        shipment.status = status.value
+        shipment.updated_at = at
+        session.add(shipment)
+        session.add(
+            LogisticsShipmentEvent(
+                shipment_id=shipment.shipment_id,
+                status=status.value,
+                location=location,
+                description=description,
+                at=at,
+            )
+        )
+        return at
+
+    def _shipment(self, session: Session, shipment_id: str) -> LogisticsShipment:
+        shipment = session.get(LogisticsShipment, shipment_id)
+        if shipment is None:
+            raise _not_found("shipment", shipment_id)
+        return shipment
+
+    def shipment_view(self, session: Session, shipment_id: str) -> ShipmentView:
+        shipment = self._shipment(session, shipment_id)
+        session.flush()
+        events = session.exec(
+            select(LogisticsShipmentEvent)
+            .where(LogisticsShipmentEvent.shipment_id == shipment_id)
+            .order_by(col(LogisticsShipmentEvent.id))
+        ).all()
+        return ShipmentView(
+            shipment_id=shipment.shipment_id,
+            application_id=shipment.application_id,
+            kind=ShipmentKind(shipment.kind),
+            carrier=shipment.carrier,
+            tracking_number=shipment.tracking_number,
+            status=ShipmentStatus(shipment.status),
+            serials=list(shipment.serials),
+            reason=shipment.reason,
+            created_at=_aware(shipment.created_at),
+            updated_at=_aware(shipment.updated_at),
+            history=[
+                ShipmentEventView(
+                    status=ShipmentStatus(e.status),
+                    location=e.location,
+                    description=e.description,
+                    at=_aware(e.at),
+                )
+                for e in events
+            ],
+        )
+
+    def create_shipment(self, session: Session, request: NewShipment) -> ShipmentCreated:
+        shipment = self._new_shipment(
+            session,
+            ShipmentKind.OUTBOUND,
+            request.application_id,
+            request.address,
+            request.serials,
+            recipient=request.recipient,
+        )
+        return ShipmentCreated(
+            shipment_id=shipment.shipment_id,
+            carrier=shipment.carrier,
+            tracking_number=shipment.tracking_number,
+        )
+
+    def arrange_return(self, session: Session, request: NewReturn) -> ReturnArranged:
+        shipment = self._new_shipment(
+            session,
+            ShipmentKind.RETURN,
+            request.application_id,
+            request.address,
+            request.serials,
+            reason=request.reason,
+        )
+        return ReturnArranged(
+            return_id=shipment.shipment_id, tracking_number=shipment.tracking_number
+        )
+
+    def scan(self, session: Session, shipment_id: str, scan: Scan) -> ShipmentView:
+        shipment = self._shipment(session, shipment_id)
+        if shipment.status not in (ShipmentStatus.CREATED, ShipmentStatus.IN_TRANSIT):
+            raise ServiceError(
+                409, "shipment_closed", f"shipment {shipment_id} is already {shipment.status}"
+            )
+        at = self._event(
+            session, shipment, ShipmentStatus.IN_TRANSIT, scan.location, scan.description
+        )
+        if shipment.kind == ShipmentKind.OUTBOUND:
+            enqueue_callback(
+                session,
+                self.name,
+                f"/api/applications/{shipment.application_id}/shipment-scans",
+                ShipmentScan(
+                    event_id=str(uuid.uuid4()),
+                    shipment_id=shipment_id,
+                    location=scan.location,
+                    scanned_at=at,
+                    description=scan.description,
+                ),
+            )
+        return self.shipment_view(session, shipment_id)
+
+    def deliver(self, session: Session, shipment_id: str, delivery: Delivery) -> ShipmentView:
+        shipment = self._shipment(session, shipment_id)
+        if shipment.status == ShipmentStatus.RECALLED:
+            raise ServiceError(409, "shipment_recalled", f"shipment {shipment_id} was recalled")
+        if shipment.status not in (ShipmentStatus.CREATED, ShipmentStatus.IN_TRANSIT):
+            raise ServiceError(
+                409, "shipment_closed", f"shipment {shipment_id} is already {shipment.status}"
+            )
+        status = ShipmentStatus(delivery.outcome)
+        self._event(session, shipment, status, "", delivery.detail or status.value)
+        if shipment.kind == ShipmentKind.OUTBOUND:
+            self._outcome(session, shipment.application_id, shipment_id, status, delivery.detail)
+        log.info("shipment_finished", shipment_id=shipment_id, outcome=status.value)
+        return self.shipment_view(session, shipment_id)
+
+    def recall(self, session: Session, shipment_id: str, request: Cancellation) -> Undone:
+        shipment = self._shipment(session, shipment_id)
+        if request.application_id not in (None, shipment.application_id):
+            raise _not_found("shipment", shipment_id)
+        if shipment.kind != ShipmentKind.OUTBOUND:
+            raise ServiceError(409, "not_recallable", f"{shipment_id} is a return shipment")
+        if shipment.status == ShipmentStatus.DELIVERED:
+            raise ServiceError(
+                409,
+                "shipment_delivered",
+                f"shipment {shipment_id} was delivered: arrange a return instead",
+            )
+        if shipment.status == ShipmentStatus.RECALLED:
+            return Undone(reference=shipment_id, detail="already recalled")
+        if shipment.status == ShipmentStatus.FAILED:
+            return Undone(
+                reference=shipment_id, detail="delivery had failed: the parcel comes back anyway"
+            )
+        shipment.reason = request.reason
+        self._event(session, shipment, ShipmentStatus.RECALLED, "", request.reason)
+        log.info("shipment_recalled", shipment_id=shipment_id)
+        return Undone(reference=shipment_id, detail=f"recalled: {request.reason}")
+
+    def _outcome(
+        self,
+        session: Session,
+        application_id: str,
+        reference: str,
+        kind: DeliveryOutcomeKind | ShipmentStatus,
+        detail: str,
+    ) -> None:
+        enqueue_callback(
+            session,
+            self.name,
+            f"/api/applications/{application_id}/delivery",
+            DeliveryOutcome(
+                event_id=str(uuid.uuid4()),
+                reference=reference,
+                kind=DeliveryOutcomeKind(kind.value),
+                detail=detail,
+            ),
+        )
+
+    # appointments
+
+    def _appointment(
+        self, session: Session, kind: AppointmentKind, appointment_id: str
+    ) -> LogisticsAppointment:
+        appointment = session.get(LogisticsAppointment, appointment_id)
+        if appointment is None or appointment.kind != kind:
+            raise _not_found(kind.value, appointment_id)
+        return appointment
+
+    def appointment_view(
+        self, session: Session, kind: AppointmentKind, appointment_id: str
+    ) -> AppointmentView:
+        a = self._appointment(session, kind, appointment_id)
+        return AppointmentView(
+            appointment_id=a.appointment_id,
+            application_id=a.application_id,
+            kind=AppointmentKind(a.kind),
+            status=AppointmentStatus(a.status),
+            on_site=a.on_site,
+            serials=list(a.serials),
+            scheduled_for=_aware(a.scheduled_for),
+            performed_by=a.performed_by,
+            detail=a.detail,
+            created_at=_aware(a.created_at),
+            updated_at=_aware(a.updated_at),
+        )
+
+    def _book(
+        self,
+        session: Session,
+        kind: AppointmentKind,
+        application_id: str,
+        address: Address,
+        **extra: Any,
+    ) -> LogisticsAppointment:
+        prefix = "APT" if kind is AppointmentKind.INSTALLATION else "TRN"
+        appointment = LogisticsAppointment(
+            appointment_id=f"{prefix}{uuid.uuid4().hex[:16].upper()}",
+            application_id=application_id,
+            kind=kind.value,
+            address=address.model_dump(mode="json"),
+            scheduled_for=_now() + self.settings.lead_time,
+            status=AppointmentStatus.BOOKED.value,
+            **extra,
+        )
+        session.add(appointment)
+        log.info(
+            "appointment_booked",
+            appointment_id=appointment.appointment_id,
+            application_id=application_id,
+            kind=kind.value,
+        )
+        return appointment
+
+    def book_installation(self, session: Session, request: NewInstallation) -> InstallationBooked:
+        a = self._book(
+            session,
+            AppointmentKind.INSTALLATION,
+            request.application_id,
+            request.address,
+            contact=request.contact,
+            serials=list(request.serials),
+        )
+        return InstallationBooked(appointment_id=a.appointment_id, scheduled_for=a.scheduled_for)
+
+    def schedule_training(self, session: Session, request: NewTraining) -> TrainingScheduled:
+        a = self._book(
+            session,
+            AppointmentKind.TRAINING,
+            request.application_id,
+            request.address,
+            contact=request.merchant_name,
+            on_site=request.on_site,
+        )
+        return TrainingScheduled(session_id=a.appointment_id, scheduled_for=a.scheduled_for)
+
+    def _finish(
+        self,
+        session: Session,
+        kind: AppointmentKind,
+        appointment_id: str,
+        status: AppointmentStatus,
+        performed_by: str,
+        detail: str,
+    ) -> LogisticsAppointment:
+        a = self._appointment(session, kind, appointment_id)
+        if a.status != AppointmentStatus.BOOKED:
+            raise ServiceError(
+                409, f"{kind.value}_closed", f"{kind.value} {appointment_id} is already {a.status}"
+            )
+        a.status = status.value
+        a.performed_by = performed_by
+        a.detail = detail
+        a.updated_at = _now()
+        session.add(a)
+        log.info(f"{kind.value}_finished", appointment_id=appointment_id, status=status.value)
+        return a
+
+    def complete_installation(
+        self, session: Session, appointment_id: str, report: InstallationReport
+    ) -> AppointmentView:
+        installed = report.outcome == "installed"
+        status = AppointmentStatus.DONE if installed else AppointmentStatus.FAILED
+        kind = AppointmentKind.INSTALLATION
+        a = self._finish(session, kind, appointment_id, status, report.technician, report.detail)
+        outcome = DeliveryOutcomeKind.INSTALLED if installed else DeliveryOutcomeKind.FAILED
+        self._outcome(session, a.application_id, appointment_id, outcome, report.detail)
+        return self.appointment_view(session, kind, appointment_id)
+
+    def complete_training(
+        self, session: Session, session_id: str, report: TrainingReport
+    ) -> AppointmentView:
+        kind = AppointmentKind.TRAINING
+        topics = ", ".join(report.topics)
+        a = self._finish(session, kind, session_id, AppointmentStatus.DONE, report.trainer, topics)
+        enqueue_callback(
+            session,
+            self.name,
+            f"/api/applications/{a.application_id}/training",
+            TrainingCompleted(
+                event_id=str(uuid.uuid4()),
+                session_id=session_id,
+                trainer=report.trainer,
+                topics=list(report.topics),
+            ),
+        )
+        return self.appointment_view(session, kind, session_id)
+
+    def cancel(
+        self, session: Session, kind: AppointmentKind, appointment_id: str, request: Cancellation
+    ) -> Undone:
+        a = self._appointment(session, kind, appointment_id)
+        if request.application_id not in (None, a.application_id):
+            raise _not_found(kind.value, appointment_id)
+        if a.status == AppointmentStatus.DONE:
+            raise ServiceError(
+                409, f"{kind.value}_done", f"{kind.value} {appointment_id} was already done"
+            )
+        if a.status == AppointmentStatus.CANCELLED:
+            return Undone(reference=appointment_id, detail="already cancelled")
+        a.status = AppointmentStatus.CANCELLED.value
+        a.detail = request.reason
+        a.updated_at = _now()
+        session.add(a)
+        log.info(f"{kind.value}_cancelled", appointment_id=appointment_id)
+        return Undone(reference=appointment_id, detail=f"cancelled: {request.reason}")
+
+    # auto-progress
+
+    def advance(self) -> None:
+        """One pass of the demo's carrier and technicians: every shipment or appointment left
+        alone for the delay moves one step on, through the same writes as the endpoints."""
+        cutoff = _now() - self.settings.auto_delay
+        with self.service.session() as session:
+            shipments = session.exec(
+                select(LogisticsShipment)
+                .where(
+                    col(LogisticsShipment.status).in_(
+                        [ShipmentStatus.CREATED.value, ShipmentStatus.IN_TRANSIT.value]
+                    )
+                )
+                .where(col(LogisticsShipment.updated_at) <= cutoff)
+            ).all()
+            appointments = session.exec(
+                select(LogisticsAppointment)
+                .where(LogisticsAppointment.status == AppointmentStatus.BOOKED.value)
+                .where(col(LogisticsAppointment.updated_at) <= cutoff)
+            ).all()
+            due: list[tuple[str, str, str, str]] = [
+                (s.shipment_id, s.status, str(s.address.get("city", "")), "shipment")
+                for s in shipments
+            ] + [(a.appointment_id, a.status, "", a.kind) for a in appointments]
+        for ident, status, city, what in due:
+            try:
+                self._advance_one(ident, status, city, what)
+            except ServiceError as err:  # changed meanwhile, e.g. recalled: leave it be
+                log.info("auto_progress_skipped", reference=ident, error=err.error)
+
+    def _advance_one(self, ident: str, status: str, city: str, what: str) -> None:
+        fails = random.random() < self.settings.loss_rate
+        if what == "shipment" and status == ShipmentStatus.CREATED:
+            scan = Scan(location=f"{city} sorting centre".strip(), description="picked up")
+            self.write(
+                f"auto:{ident}:scan", f"scan:{ident}", scan, lambda s: self.scan(s, ident, scan)
+            )
+        elif what == "shipment":
+            delivery = Delivery(
+                outcome="failed" if fails else "delivered",
+                detail="parcel lost in transit" if fails else "signed for by the recipient",
+            )
+            self.write(
+                f"auto:{ident}:delivery",
+                f"delivery:{ident}",
+                delivery,
+                lambda s: self.deliver(s, ident, delivery),
+            )
+        elif what == AppointmentKind.INSTALLATION:
+            report = InstallationReport(
+                outcome="failed" if fails else "installed",
+                technician="auto-technician",
+                detail="site not ready" if fails else "installed and tested",
+            )
+            self.write(
+                f"auto:{ident}:completion",
+                f"installation_completion:{ident}",
+                report,
+                lambda s: self.complete_installation(s, ident, report),
+            )
+        else:
+            training = TrainingReport(
+                trainer="auto-trainer",
+                topics=["transactions", "refunds", "settlement", "receipts", "faults"],
+            )
+            self.write(
+                f"auto:{ident}:completion",
+                f"training_completion:{ident}",
+                training,
+                lambda s: self.complete_training(s, ident, training),
+            )
+
+    async def auto_progress(self) -> None:
+        if not self.settings.auto_progress:
+            return
+        delay = self.settings.auto_delay.total_seconds()
+        poll = max(0.02, min(delay / 4, 0.25))
+        log.info("auto_progress_on", delay_s=delay, loss_rate=self.settings.loss_rate)
+        while True:
+            await asyncio.sleep(poll)
+            try:
+                await asyncio.to_thread(self.advance)
+            except Exception:  # the demo's carrier keeps going whatever one pass hit
+                log.exception("auto_progress_failed")
+
+
+# --- the app ---------------------------------------------------------------------------------
+
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+
+
+def _routes(logistics: Logistics) -> Callable[[Service], None]:
+    def setup(service: Service) -> None:
+        app = service.app
+        lg = logistics
+        installation, training = AppointmentKind.INSTALLATION, AppointmentKind.TRAINING
+
+        @app.post("/shipments", status_code=201, response_model=ShipmentCreated)
+        def create_shipment(body: NewShipment, key: IdempotencyKey = None) -> JSONResponse:
+            return lg.write(
+                key, "create_shipment", body, lambda s: lg.create_shipment(s, body), 201
+            )
+
+        @app.get("/shipments/{shipment_id}", response_model=ShipmentView)
+        def get_shipment(shipment_id: str) -> ShipmentView:
+            with service.session() as session:
+                return lg.shipment_view(session, shipment_id)
+
+        @app.post("/shipments/{shipment_id}/scans", response_model=ShipmentView)
+        def scan(shipment_id: str, body: Scan, key: IdempotencyKey = None) -> JSONResponse:
+            return lg.write(
+                key, f"scan:{shipment_id}", body, lambda s: lg.scan(s, shipment_id, body)
+            )
+
+        @app.post("/shipments/{shipment_id}/delivery", response_model=ShipmentView)
+        def deliver(shipment_id: str, body: Delivery, key: IdempotencyKey = None) -> JSONResponse:
+            return lg.write(
+                key, f"delivery:{shipment_id}", body, lambda s: lg.deliver(s, shipment_id, body)
+            )
+
+        @app.post("/shipments/{shipment_id}/recall", response_model=Undone)
+        def recall(
+            shipment_id: str, body: Cancellation, key: IdempotencyKey = None
+        ) -> JSONResponse:
+            return lg.write(
+                key, f"recall:{shipment_id}", body, lambda s: lg.recall(s, shipment_id, body)
+            )
+
+        @app.post("/returns", status_code=201, response_model=ReturnArranged)
+        def arrange_return(body: NewReturn, key: IdempotencyKey = None) -> JSONResponse:
+            return lg.write(key, "arrange_return", body, lambda s: lg.arrange_return(s, body), 201)
+
+        @app.post("/installations", status_code=201, response_model=InstallationBooked)
+        def book_installation(body: NewInstallation, key: IdempotencyKey = None) -> JSONResponse:
+            return lg.write(
+                key, "book_installation", body, lambda s: lg.book_installation(s, body), 201
+            )
+
+        @app.get("/installations/{appointment_id}", response_model=AppointmentView)
+        def get_installation(appointment_id: str) -> AppointmentView:
+            with service.session() as session:
+                return lg.appointment_view(session, installation, appointment_id)
+
+        @app.post("/installations/{appointment_id}/completion", response_model=AppointmentView)
+        def complete_installation(
+            appointment_id: str, body: InstallationReport, key: IdempotencyKey = None
+        ) -> JSONResponse:
+            return lg.write(
+                key,
+                f"installation_completion:{appointment_id}",
+                body,
+                lambda s: lg.complete_installation(s, appointment_id, body),
+            )
+
+        @app.post("/installations/{appointment_id}/cancel", response_model=Undone)
+        def cancel_installation(
+            appointment_id: str, body: Cancellation, key: IdempotencyKey = None
+        ) -> JSONResponse:
+            return lg.write(
+                key,
+                f"installation_cancel:{appointment_id}",
+                body,
+                lambda s: lg.cancel(s, installation, appointment_id, body),
+            )
+
+        @app.post("/trainings", status_code=201, response_model=TrainingScheduled)
+        def schedule_training(body: NewTraining, key: IdempotencyKey = None) -> JSONResponse:
+            return lg.write(
+                key, "schedule_training", body, lambda s: lg.schedule_training(s, body), 201
+            )
+
+        @app.get("/trainings/{session_id}", response_model=AppointmentView)
+        def get_training(session_id: str) -> AppointmentView:
+            with service.session() as session:
+                return lg.appointment_view(session, training, session_id)
+
+        @app.post("/trainings/{session_id}/completion", response_model=AppointmentView)
+        def complete_training(
+            session_id: str, body: TrainingReport, key: IdempotencyKey = None
+        ) -> JSONResponse:
+            return lg.write(
+                key,
+                f"training_completion:{session_id}",
+                body,
+                lambda s: lg.complete_training(s, session_id, body),
+            )
+
+        @app.post("/trainings/{session_id}/cancel", response_model=Undone)
+        def cancel_training(
+            session_id: str, body: Cancellation, key: IdempotencyKey = None
+        ) -> JSONResponse:
+            return lg.write(
+                key,
+                f"training_cancel:{session_id}",
+                body,
+                lambda s: lg.cancel(s, training, session_id, body),
+            )
+
+    return setup
+
+
+def build(config: ServiceConfig | None = None) -> Service:
+    """The logistics service; its auto-progress job runs only when the settings turn it on."""
+    holder: dict[str, Logistics] = {}
+
+    def setup(service: Service) -> None:
+        holder["logistics"] = Logistics(service)
+        _routes(holder["logistics"])(service)
+
+    async def auto_progress(_: Service) -> None:
+        await holder["logistics"].auto_progress()
+
+    return create_service(
+        config or ServiceConfig.from_env("logistics"),
+        tables=TABLES,
+        setup=setup,
+        background=[auto_progress],
+    )
