@@ -1,0 +1,625 @@
+"""The sandbox contract / e-sign service (签署合同 / 缴纳费用): issues the service agreement, takes
+the merchant's signature through the signing link, collects the deposit or fees, and voids and
+refunds when an application is undone. Signing and paying are called back to the gateway as
+`ContractEvent`s.
+
+A demo auto-signer (off by default) signs issued contracts after a delay and pays their deposit
+through the same code as the endpoints, so its callbacks are the ones a merchant would cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import os
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import FastAPI, Header
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import AfterValidator
+from pydantic import Field as PydanticField
+from sqlalchemy import update
+from sqlmodel import Field, Session, SQLModel, col, select
+
+from schemas import steps
+from schemas.application import Model
+from schemas.messages import ContractEvent, ContractEventKind
+from services.base import (
+    IDEMPOTENCY_HEADER,
+    Service,
+    ServiceConfig,
+    ServiceError,
+    create_service,
+    enqueue_callback,
+    idempotent,
+)
+
+NAME = "contract"
+CENT = Decimal("0.01")
+ZERO = Decimal("0.00")
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8102"
+AUTO_SIGNER_NAME = "auto-signer"
+
+
+def _two_places(value: Decimal) -> Decimal:
+    if not value.is_finite() or value.quantize(CENT) != value:
+        raise ValueError("must be an amount with at most 2 decimal places")
+    return value.quantize(CENT)
+
+
+Money = Annotated[Decimal, AfterValidator(_two_places)]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back without their zone; they were written in UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+# --- tables ----------------------------------------------------------------------------------
+
+
+class Status(StrEnum):
+    ISSUED = "issued"
+    SIGNED = "signed"
+    VOID = "void"
+
+
+class Agreement(SQLModel, table=True):
+    """One service agreement (POS机服务协议). Amounts are decimal strings with 2 places; every
+    change bumps `revision` under a compare-and-set, so two writers never both sign or pay."""
+
+    __tablename__ = "contract_agreements"
+
+    id: str = Field(primary_key=True)
+    application_id: str = Field(index=True)
+    merchant_name: str
+    channel: str
+    device_model: str
+    quantity: int
+    deposit_amount: str
+    paid: str = "0.00"
+    refunded: str = "0.00"
+    status: str = Field(default=Status.ISSUED.value, index=True)
+    signer_name: str = ""
+    signed_at: datetime | None = None
+    voided_at: datetime | None = None
+    void_reason: str = ""
+    created_at: datetime = Field(default_factory=_now, index=True)
+    revision: int = 0
+
+
+class Payment(SQLModel, table=True):
+    __tablename__ = "contract_payments"
+
+    id: str = Field(primary_key=True)
+    contract_id: str = Field(index=True)
+    amount: str
+    payment_reference: str
+    paid_at: datetime = Field(default_factory=_now)
+
+
+class Refund(SQLModel, table=True):
+    __tablename__ = "contract_refunds"
+
+    id: str = Field(primary_key=True)
+    contract_id: str = Field(index=True)
+    amount: str
+    payment_reference: str
+    refunded_at: datetime = Field(default_factory=_now)
+
+
+class HistoryEntry(SQLModel, table=True):
+    __tablename__ = "contract_history"
+
+    id: int | None = Field(default=None, primary_key=True)
+    contract_id: str = Field(index=True)
+    at: datetime = Field(default_factory=_now)
+    kind: str
+    detail: str = ""
+
+
+# --- request and response bodies -------------------------------------------------------------
+
+
+class ContractRequest(Model):
+    """`POST /contracts`: the fields of `steps.IssueContract`; the key travels in the header (a
+    caller sending the whole step may repeat it here, and then it must match)."""
+
+    application_id: str = PydanticField(min_length=1, max_length=80)
+    merchant_name: str = PydanticField(min_length=1, max_length=200)
+    channel: str = PydanticField(min_length=1, max_length=40)
+    deposit_amount: Money = PydanticField(ge=0, le=1_000_000)
+    device_model: str = PydanticField(min_length=1, max_length=80)
+    quantity: int = PydanticField(ge=1, le=1000)
+    idempotency_key: str | None = None
+
+
+class SignatureRequest(Model):
+    signer_name: str = PydanticField(min_length=1, max_length=80)
+
+
+class PaymentRequest(Model):
+    amount: Money = PydanticField(gt=0, le=1_000_000)
+    payment_reference: str = PydanticField(min_length=1, max_length=80)
+
+
+class VoidRequest(Model):
+    reason: str = PydanticField(min_length=1, max_length=500)
+
+
+class ContractIssuedResponse(steps.ContractIssued):
+    status: Status
+    deposit_due: Decimal
+
+
+class PaymentView(Model):
+    payment_id: str
+    amount: Decimal
+    payment_reference: str
+    paid_at: datetime
+
+
+class RefundView(Model):
+    refund_id: str
+    amount: Decimal
+    payment_reference: str
+    refunded_at: datetime
+
+
+class HistoryView(Model):
+    at: datetime
+    kind: str
+    detail: str
+
+
+class ContractView(Model):
+    contract_id: str
+    application_id: str
+    merchant_name: str
+    channel: str
+    device_model: str
+    quantity: int
+    status: Status
+    signing_url: str
+    deposit_amount: Decimal
+    deposit_due: Decimal
+    paid: Decimal
+    refunded: Decimal
+    signer_name: str
+    signed_at: datetime | None
+    voided_at: datetime | None
+    void_reason: str
+    created_at: datetime
+    payments: list[PaymentView]
+    refunds: list[RefundView]
+    history: list[HistoryView]
+
+
+# --- the rules -------------------------------------------------------------------------------
+
+
+def public_url(config: ServiceConfig) -> str:
+    """Where merchants reach this service: the base of the signing links."""
+    url = (
+        config.options.get("public_url")
+        or os.environ.get("POSFLOW_CONTRACT_PUBLIC_URL")
+        or os.environ.get("POSFLOW_CONTRACT_URL")
+        or DEFAULT_PUBLIC_URL
+    )
+    return url.rstrip("/")
+
+
+def signing_url(config: ServiceConfig, contract_id: str) -> str:
+    return f"{public_url(config)}/sign/{quote(contract_id, safe='')}"
+
+
+def deposit_due(agreement: Agreement) -> Decimal:
+    if agreement.status == Status.VOID:
+        return ZERO
+    return max(Decimal(agreement.deposit_amount) - Decimal(agreement.paid), ZERO)
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:16].upper()}"
+
+
+def _load(session: Session, contract_id: str) -> Agreement:
+    agreement = session.get(Agreement, contract_id)
+    if agreement is None:
+        raise ServiceError(404, "contract_not_found", f"no contract {contract_id}")
+    return agreement
+
+
+def _change(session: Session, agreement: Agreement, **values: Any) -> None:
+    """Write `values` only if nobody changed the agreement since it was read."""
+    result = session.execute(
+        update(Agreement)
+        .where(col(Agreement.id) == agreement.id, col(Agreement.revision) == agreement.revision)
+        .values(revision=agreement.revision + 1, **values)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(result, "rowcount", 0) != 1:
+        raise ServiceError(
+            409, "concurrent_update", "the contract changed while this request ran; retry"
+        )
+
+
+def _record(session: Session, contract_id: str, kind: str, detail: str = "") -> None:
+    session.add(HistoryEntry(contract_id=contract_id, kind=kind, detail=detail))
+
+
+def _callback(session: Session, agreement: Agreement, event: ContractEvent) -> None:
+    path = f"/api/applications/{quote(agreement.application_id, safe='')}/contract"
+    enqueue_callback(session, NAME, path, event)
+
+
+def issue(session: Session, request: ContractRequest) -> Agreement:
+    agreement = Agreement(
+        id=_new_id("CT"),
+        application_id=request.application_id,
+        merchant_name=request.merchant_name,
+        channel=request.channel,
+        device_model=request.device_model,
+        quantity=request.quantity,
+        deposit_amount=str(request.deposit_amount),
+    )
+    session.add(agreement)
+    _record(session, agreement.id, "issued", f"deposit {agreement.deposit_amount}")
+    return agreement
+
+
+def sign(session: Session, agreement: Agreement, signer_name: str) -> None:
+    if agreement.status == Status.VOID:
+        raise ServiceError(409, "contract_void", f"contract {agreement.id} is void")
+    if agreement.status == Status.SIGNED:
+        raise ServiceError(409, "already_signed", f"contract {agreement.id} is already signed")
+    _change(
+        session, agreement, status=Status.SIGNED.value, signer_name=signer_name, signed_at=_now()
+    )
+    _record(session, agreement.id, "signed", signer_name)
+    _callback(
+        session,
+        agreement,
+        ContractEvent(
+            event_id=str(uuid.uuid4()), contract_id=agreement.id, kind=ContractEventKind.SIGNED
+        ),
+    )
+
+
+def pay(session: Session, agreement: Agreement, amount: Decimal, reference: str) -> Payment:
+    if agreement.status == Status.VOID:
+        raise ServiceError(409, "contract_void", f"contract {agreement.id} is void")
+    due = deposit_due(agreement)
+    if due == ZERO:
+        raise ServiceError(409, "nothing_due", f"nothing is due on contract {agreement.id}")
+    if amount != due:
+        raise ServiceError(
+            422,
+            "amount_mismatch",
+            f"the amount due on contract {agreement.id} is {due}",
+            {"amount": f"must be {due}, not {amount}"},
+        )
+    _change(session, agreement, paid=str(Decimal(agreement.paid) + amount))
+    payment = Payment(
+        id=_new_id("PM"), contract_id=agreement.id, amount=str(amount), payment_reference=reference
+    )
+    session.add(payment)
+    _record(session, agreement.id, "deposit_paid", f"{amount} ref {reference}")
+    _callback(
+        session,
+        agreement,
+        ContractEvent(
+            event_id=str(uuid.uuid4()),
+            contract_id=agreement.id,
+            kind=ContractEventKind.DEPOSIT_PAID,
+            amount=amount,
+            payment_reference=reference,
+        ),
+    )
+    return payment
+
+
+def void(session: Session, agreement: Agreement, reason: str) -> steps.Undone:
+    if agreement.status == Status.VOID:
+        return steps.Undone(reference=agreement.id, detail=f"already void: {agreement.void_reason}")
+    _change(session, agreement, status=Status.VOID.value, voided_at=_now(), void_reason=reason)
+    _record(session, agreement.id, "voided", f"was {agreement.status}: {reason}")
+    return steps.Undone(reference=agreement.id, detail=f"voided: {reason}")
+
+
+def refund(session: Session, agreement: Agreement, amount: Decimal, reference: str) -> Refund:
+    paid, refunded = Decimal(agreement.paid), Decimal(agreement.refunded)
+    if paid == ZERO:
+        raise ServiceError(409, "nothing_paid", f"nothing was paid on contract {agreement.id}")
+    payments = session.exec(
+        select(Payment).where(
+            Payment.contract_id == agreement.id, Payment.payment_reference == reference
+        )
+    ).all()
+    if not payments:
+        raise ServiceError(
+            422,
+            "unknown_payment",
+            f"contract {agreement.id} has no payment {reference}",
+            {"payment_reference": "no payment with this reference on this contract"},
+        )
+    if amount > paid - refunded:
+        raise ServiceError(
+            409,
+            "refund_exceeds_paid",
+            f"only {paid - refunded} of contract {agreement.id} can still be refunded",
+        )
+    _change(session, agreement, refunded=str(refunded + amount))
+    row = Refund(
+        id=_new_id("RF"), contract_id=agreement.id, amount=str(amount), payment_reference=reference
+    )
+    session.add(row)
+    _record(session, agreement.id, "refunded", f"{amount} ref {reference}")
+    return row
+
+
+def view(session: Session, config: ServiceConfig, agreement: Agreement) -> ContractView:
+    payments = session.exec(
+        select(Payment).where(Payment.contract_id == agreement.id).order_by(col(Payment.paid_at))
+    ).all()
+    refunds = session.exec(
+        select(Refund).where(Refund.contract_id == agreement.id).order_by(col(Refund.refunded_at))
+    ).all()
+    history = session.exec(
+        select(HistoryEntry)
+        .where(HistoryEntry.contract_id == agreement.id)
+        .order_by(col(HistoryEntry.id))
+    ).all()
+    return ContractView(
+        contract_id=agreement.id,
+        application_id=agreement.application_id,
+        merchant_name=agreement.merchant_name,
+        channel=agreement.channel,
+        device_model=agreement.device_model,
+        quantity=agreement.quantity,
+        status=Status(agreement.status),
+        signing_url=signing_url(config, agreement.id),
+        deposit_amount=Decimal(agreement.deposit_amount),
+        deposit_due=deposit_due(agreement),
+        paid=Decimal(agreement.paid),
+        refunded=Decimal(agreement.refunded),
+        signer_name=agreement.signer_name,
+        signed_at=_aware(agreement.signed_at),
+        voided_at=_aware(agreement.voided_at),
+        void_reason=agreement.void_reason,
+        created_at=_aware(agreement.created_at) or agreement.created_at,
+        payments=[
+            PaymentView(
+                payment_id=p.id,
+                amount=Decimal(p.amount),
+                payment_reference=p.payment_reference,
+                paid_at=_aware(p.paid_at) or p.paid_at,
+            )
+            for p in payments
+        ],
+        refunds=[
+            RefundView(
+                refund_id=r.id,
+                amount=Decimal(r.amount),
+                payment_reference=r.payment_reference,
+                refunded_at=_aware(r.refunded_at) or r.refunded_at,
+            )
+            for r in refunds
+        ],
+        history=[
+            HistoryView(at=_aware(h.at) or h.at, kind=h.kind, detail=h.detail) for h in history
+        ],
+    )
+
+
+# --- the HTTP API ----------------------------------------------------------------------------
+
+IdempotencyKey = Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)]
+
+_SIGNING_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>POS机服务协议 {contract_id}</title></head>
+<body>
+<h1>POS机服务协议 / POS terminal service agreement</h1>
+<p>Contract {contract_id} for {merchant}: {quantity} × {model} via {channel}.</p>
+<p>Status: <b>{status}</b>. Deposit due: {due}.</p>
+<form id="sign"><label>Your name <input name="signer_name" required></label>
+<button>Sign</button></form><p id="result"></p>
+<script>
+document.getElementById("sign").onsubmit = async (e) => {{
+  e.preventDefault();
+  const r = await fetch("{path}/signature", {{method: "POST",
+    headers: {{"Content-Type": "application/json", "Idempotency-Key": crypto.randomUUID()}},
+    body: JSON.stringify({{signer_name: e.target.signer_name.value}})}});
+  document.getElementById("result").textContent = (await r.json()).message || "signed";
+}};
+</script></body></html>
+"""
+
+
+def _routes(service: Service) -> None:
+    app: FastAPI = service.app
+    config = service.config
+
+    @app.post("/contracts", status_code=201, response_model=ContractIssuedResponse)
+    def issue_contract(body: ContractRequest, key: IdempotencyKey = None) -> JSONResponse:
+        if body.idempotency_key is not None and body.idempotency_key != key:
+            raise ServiceError(
+                422,
+                "invalid_request",
+                "the body's idempotency_key differs from the header",
+                {"idempotency_key": f"must equal the {IDEMPOTENCY_HEADER} header"},
+            )
+        payload = body.model_dump(mode="json", exclude={"idempotency_key"})
+        with service.session() as session:
+
+            def write() -> ContractIssuedResponse:
+                agreement = issue(session, body)
+                return ContractIssuedResponse(
+                    contract_id=agreement.id,
+                    signing_url=signing_url(config, agreement.id),
+                    status=Status.ISSUED,
+                    deposit_due=deposit_due(agreement),
+                )
+
+            return idempotent(session, NAME, key, payload, write, status_code=201)
+
+    @app.get("/contracts/{contract_id}", response_model=ContractView)
+    def get_contract(contract_id: str) -> ContractView:
+        with service.session() as session:
+            return view(session, config, _load(session, contract_id))
+
+    @app.get("/sign/{contract_id}", response_class=HTMLResponse)
+    def signing_page(contract_id: str) -> HTMLResponse:
+        with service.session() as session:
+            agreement = _load(session, contract_id)
+            page = _SIGNING_PAGE.format(
+                contract_id=html.escape(agreement.id),
+                merchant=html.escape(agreement.merchant_name),
+                quantity=agreement.quantity,
+                model=html.escape(agreement.device_model),
+                channel=html.escape(agreement.channel),
+                status=html.escape(agreement.status),
+                due=deposit_due(agreement),
+                path=f"/contracts/{quote(agreement.id, safe='')}",
+            )
+        return HTMLResponse(page)
+
+    @app.post("/contracts/{contract_id}/signature", response_model=ContractView)
+    def sign_contract(
+        contract_id: str, body: SignatureRequest, key: IdempotencyKey = None
+    ) -> JSONResponse:
+        with service.session() as session:
+
+            def write() -> ContractView:
+                agreement = _load(session, contract_id)
+                sign(session, agreement, body.signer_name)
+                session.flush()
+                session.refresh(agreement)
+                return view(session, config, agreement)
+
+            return idempotent(session, NAME, key, {"sign": contract_id, **body.model_dump()}, write)
+
+    @app.post("/contracts/{contract_id}/payments", status_code=201, response_model=PaymentView)
+    def pay_contract(
+        contract_id: str, body: PaymentRequest, key: IdempotencyKey = None
+    ) -> JSONResponse:
+        with service.session() as session:
+
+            def write() -> PaymentView:
+                payment = pay(
+                    session, _load(session, contract_id), body.amount, body.payment_reference
+                )
+                return PaymentView(
+                    payment_id=payment.id,
+                    amount=Decimal(payment.amount),
+                    payment_reference=payment.payment_reference,
+                    paid_at=payment.paid_at,
+                )
+
+            payload = {"pay": contract_id, **body.model_dump(mode="json")}
+            return idempotent(session, NAME, key, payload, write, status_code=201)
+
+    @app.post("/contracts/{contract_id}/void", response_model=steps.Undone)
+    def void_contract(
+        contract_id: str, body: VoidRequest, key: IdempotencyKey = None
+    ) -> JSONResponse:
+        with service.session() as session:
+            payload = {"void": contract_id, **body.model_dump()}
+            return idempotent(
+                session,
+                NAME,
+                key,
+                payload,
+                lambda: void(session, _load(session, contract_id), body.reason),
+            )
+
+    @app.post("/contracts/{contract_id}/refunds", status_code=201, response_model=steps.Refunded)
+    def refund_contract(
+        contract_id: str, body: PaymentRequest, key: IdempotencyKey = None
+    ) -> JSONResponse:
+        with service.session() as session:
+
+            def write() -> steps.Refunded:
+                row = refund(
+                    session, _load(session, contract_id), body.amount, body.payment_reference
+                )
+                return steps.Refunded(refund_id=row.id)
+
+            payload = {"refund": contract_id, **body.model_dump(mode="json")}
+            return idempotent(session, NAME, key, payload, write, status_code=201)
+
+
+# --- the demo auto-signer --------------------------------------------------------------------
+
+
+def auto_sign_settings(config: ServiceConfig) -> tuple[bool, float]:
+    """(enabled, delay in seconds): `auto_sign` / `auto_sign_delay_ms` options, else the
+    `POSFLOW_CONTRACT_AUTO` / `POSFLOW_CONTRACT_AUTO_DELAY_MS` environment variables."""
+    enabled = (
+        config.options.get("auto_sign") == "true"
+        or os.environ.get("POSFLOW_CONTRACT_AUTO", "").lower() == "true"
+    )
+    delay_ms = config.options.get("auto_sign_delay_ms") or os.environ.get(
+        "POSFLOW_CONTRACT_AUTO_DELAY_MS", "500"
+    )
+    return enabled, float(delay_ms) / 1000
+
+
+def auto_sign_due(service: Service, delay: float) -> int:
+    """Sign every issued contract older than `delay` seconds and pay its deposit if one is due,
+    each contract in one transaction; returns how many were signed."""
+    cutoff = _now() - timedelta(seconds=delay)
+    signed = 0
+    with service.session() as session:
+        ids = session.exec(
+            select(Agreement.id)
+            .where(Agreement.status == Status.ISSUED.value, col(Agreement.created_at) <= cutoff)
+            .order_by(col(Agreement.created_at))
+            .limit(50)
+        ).all()
+    for contract_id in ids:
+        with service.session() as session:
+            agreement = _load(session, contract_id)
+            try:
+                sign(session, agreement, AUTO_SIGNER_NAME)
+                session.flush()
+                session.refresh(agreement)
+                due = deposit_due(agreement)
+                if due > ZERO:
+                    pay(session, agreement, due, f"AUTO-{agreement.id}")
+            except ServiceError:
+                session.rollback()  # a merchant or admin got there first: leave it to them
+                continue
+            session.commit()
+            signed += 1
+    return signed
+
+
+async def auto_signer(service: Service) -> None:
+    enabled, delay = auto_sign_settings(service.config)
+    if not enabled:
+        return
+    poll = min(max(delay / 2, 0.05), 1.0)
+    while True:
+        await asyncio.to_thread(auto_sign_due, service, delay)
+        await asyncio.sleep(poll)
+
+
+def build(config: ServiceConfig | None = None) -> Service:
+    return create_service(
+        config or ServiceConfig.from_env(NAME),
+        tables=[Agreement, Payment, Refund, HistoryEntry],
+        setup=_routes,
+        background=[auto_signer],
+    )

@@ -1,0 +1,344 @@
+"""The contract / e-sign service on real HTTP: issue, sign, pay, void, refund, its signed callbacks,
+idempotency, restart, the demo auto-signer, and the activities that call it."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlmodel import select
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.contract import contract_activities
+from schemas import steps
+from schemas.messages import ContractEvent, ContractEventKind
+from services.base import Callback, Service, ServiceConfig, ServiceError
+from services.contract import Agreement, build, sign
+from tests.servers import CallbackRecorder, free_port, serving
+
+
+def contract_config(tmp_path: Path, gateway_url: str, **options: str) -> ServiceConfig:
+    return ServiceConfig(
+        name="contract",
+        database_url=f"sqlite:///{tmp_path / 'contract.db'}",
+        gateway_url=gateway_url,
+        options=options,
+    )
+
+
+@dataclass
+class Stack:
+    service: Service
+    recorder: CallbackRecorder
+    http: httpx.AsyncClient
+    url: str
+
+    async def post(self, path: str, body: dict[str, Any], key: str | None = None) -> httpx.Response:
+        return await self.http.post(
+            path, json=body, headers={"Idempotency-Key": key or str(uuid.uuid4())}
+        )
+
+    async def issue(self, deposit: str = "299.00", application_id: str = "APP-1") -> str:
+        response = await self.post("/contracts", issue_body(deposit, application_id))
+        assert response.status_code == 201, response.text
+        return str(response.json()["contract_id"])
+
+    async def contract(self, contract_id: str) -> dict[str, Any]:
+        response = await self.http.get(f"/contracts/{contract_id}")
+        assert response.status_code == 200, response.text
+        data: dict[str, Any] = response.json()
+        return data
+
+
+def issue_body(deposit: str = "299.00", application_id: str = "APP-1") -> dict[str, Any]:
+    return {
+        "application_id": application_id,
+        "merchant_name": "杭州西湖小吃店",
+        "channel": "lakala",
+        "deposit_amount": deposit,
+        "device_model": "LKL-A8",
+        "quantity": 2,
+    }
+
+
+@asynccontextmanager
+async def stack(tmp_path: Path, *, fail_first: int = 0, **options: str) -> AsyncIterator[Stack]:
+    recorder = CallbackRecorder(fail_first=fail_first)
+    async with serving(recorder.app) as gateway:
+        service = build(contract_config(tmp_path, gateway, **options))
+        async with serving(service.app) as url, httpx.AsyncClient(base_url=url) as http:
+            yield Stack(service, recorder, http, url)
+
+
+def events(received: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, ContractEvent]]:
+    return [(path, ContractEvent.model_validate(body)) for path, body in received]
+
+
+async def test_issue_sign_pay_sends_signed_callbacks(tmp_path: Path) -> None:
+    port = free_port()
+    recorder = CallbackRecorder()
+    async with serving(recorder.app) as gateway:
+        config = contract_config(tmp_path, gateway, public_url=f"http://127.0.0.1:{port}")
+        service = build(config)
+        async with serving(service.app, port) as url, httpx.AsyncClient(base_url=url) as http:
+            s = Stack(service, recorder, http, url)
+            response = await s.post("/contracts", issue_body("299"))
+            assert response.status_code == 201
+            issued = response.json()
+            cid = issued["contract_id"]
+            assert issued == {
+                "contract_id": cid,
+                "signing_url": f"{url}/sign/{cid}",
+                "status": "issued",
+                "deposit_due": "299.00",
+            }
+            page = await http.get(f"/sign/{cid}")
+            assert page.status_code == 200 and cid in page.text and "杭州西湖小吃店" in page.text
+
+            signed = await s.post(f"/contracts/{cid}/signature", {"signer_name": "王芳"})
+            assert signed.status_code == 200, signed.text
+            assert signed.json()["status"] == "signed" and signed.json()["signer_name"] == "王芳"
+            again = await s.post(f"/contracts/{cid}/signature", {"signer_name": "王芳"})
+            assert again.status_code == 409 and "already signed" in again.json()["message"]
+
+            wrong = await s.post(
+                f"/contracts/{cid}/payments", {"amount": "99.00", "payment_reference": "P1"}
+            )
+            assert wrong.status_code == 422 and "amount" in wrong.json()["fields"]
+            odd = await s.post(
+                f"/contracts/{cid}/payments", {"amount": "299.001", "payment_reference": "P1"}
+            )
+            assert odd.status_code == 422 and "amount" in odd.json()["fields"]
+            paid = await s.post(
+                f"/contracts/{cid}/payments", {"amount": "299.00", "payment_reference": "P1"}
+            )
+            assert paid.status_code == 201, paid.text
+            twice = await s.post(
+                f"/contracts/{cid}/payments", {"amount": "299.00", "payment_reference": "P2"}
+            )
+            assert twice.status_code == 409 and twice.json()["error"] == "nothing_due"
+
+            received = events(await recorder.wait_for(2))
+            assert recorder.refused == []
+            assert [path for path, _ in received] == ["/api/applications/APP-1/contract"] * 2
+            first, second = (event for _, event in received)
+            assert (first.contract_id, first.kind, first.amount) == (
+                cid,
+                ContractEventKind.SIGNED,
+                None,
+            )
+            assert (second.kind, second.amount, second.payment_reference) == (
+                ContractEventKind.DEPOSIT_PAID,
+                Decimal("299.00"),
+                "P1",
+            )
+            assert first.event_id != second.event_id
+            uuid.UUID(first.event_id)
+
+            state = await s.contract(cid)
+            assert state["status"] == "signed"
+            assert (state["deposit_due"], state["paid"], state["refunded"]) == (
+                "0.00",
+                "299.00",
+                "0.00",
+            )
+            assert [h["kind"] for h in state["history"]] == ["issued", "signed", "deposit_paid"]
+
+
+async def test_callbacks_are_retried_until_the_gateway_takes_them(tmp_path: Path) -> None:
+    async with stack(tmp_path, fail_first=2) as s:
+        cid = await s.issue("0")
+        assert (await s.post(f"/contracts/{cid}/signature", {"signer_name": "A"})).is_success
+        [(_, event)] = events(await s.recorder.wait_for(1, seconds=8))
+        assert event.kind is ContractEventKind.SIGNED
+        with s.service.session() as session:
+            [callback] = session.exec(select(Callback)).all()
+            assert callback.attempts == 3 and callback.delivered_at is not None
+
+
+async def test_zero_deposit_has_nothing_due(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        cid = await s.issue("0.00")
+        assert (await s.contract(cid))["deposit_due"] == "0.00"
+        paid = await s.post(f"/contracts/{cid}/payments", {"amount": "1", "payment_reference": "P"})
+        assert paid.status_code == 409
+        refund = await s.post(
+            f"/contracts/{cid}/refunds", {"amount": "1", "payment_reference": "P"}
+        )
+        assert refund.status_code == 409 and refund.json()["error"] == "nothing_paid"
+
+
+async def test_idempotent_issue(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        first = await s.post("/contracts", issue_body(), key="k-1")
+        # The same amount written differently is the same request.
+        second = await s.post("/contracts", issue_body("299"), key="k-1")
+        assert first.status_code == second.status_code == 201
+        assert first.json() == second.json()
+        assert second.headers["Idempotent-Replay"] == "true"
+        other = await s.post("/contracts", issue_body("99.00"), key="k-1")
+        assert other.status_code == 409 and other.json()["error"] == "idempotency_key_reused"
+        keyless = await s.http.post("/contracts", json=issue_body())
+        assert keyless.status_code == 400
+        bad = await s.post("/contracts", {**issue_body("1.234"), "quantity": 0})
+        assert bad.status_code == 422
+        assert set(bad.json()["fields"]) == {"deposit_amount", "quantity"}
+        with s.service.session() as session:
+            assert len(session.exec(select(Agreement)).all()) == 1
+
+
+async def test_void_and_refund(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        cid = await s.issue("99.00")
+        pay = {"amount": "99.00", "payment_reference": "PAY-9"}
+        early = await s.post(f"/contracts/{cid}/refunds", pay)
+        assert early.status_code == 409 and early.json()["error"] == "nothing_paid"
+        assert (await s.post(f"/contracts/{cid}/payments", pay)).status_code == 201
+
+        too_much = await s.post(
+            f"/contracts/{cid}/refunds", {"amount": "99.01", "payment_reference": "PAY-9"}
+        )
+        assert too_much.status_code == 409 and too_much.json()["error"] == "refund_exceeds_paid"
+        stranger = await s.post(
+            f"/contracts/{cid}/refunds", {"amount": "99.00", "payment_reference": "PAY-X"}
+        )
+        assert stranger.status_code == 422 and "payment_reference" in stranger.json()["fields"]
+
+        voided = await s.post(f"/contracts/{cid}/void", {"reason": "withdrawn"})
+        assert voided.status_code == 200
+        assert steps.Undone.model_validate(voided.json()).reference == cid
+        again = await s.post(f"/contracts/{cid}/void", {"reason": "expired"})
+        assert again.status_code == 200 and "already void" in again.json()["detail"]
+
+        refunded = await s.post(f"/contracts/{cid}/refunds", pay)
+        assert refunded.status_code == 201
+        steps.Refunded.model_validate(refunded.json())
+        more = await s.post(f"/contracts/{cid}/refunds", pay)
+        assert more.status_code == 409
+
+        sign = await s.post(f"/contracts/{cid}/signature", {"signer_name": "A"})
+        assert sign.status_code == 409 and sign.json()["error"] == "contract_void"
+        state = await s.contract(cid)
+        assert (state["status"], state["void_reason"], state["refunded"]) == (
+            "void",
+            "withdrawn",
+            "99.00",
+        )
+        assert (await s.http.get("/contracts/CT-NOPE")).status_code == 404
+
+
+async def test_state_survives_a_restart(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        cid = await s.issue("99.00")
+        paid = await s.post(
+            f"/contracts/{cid}/payments", {"amount": "99.00", "payment_reference": "R1"}, key="p-1"
+        )
+        await s.recorder.wait_for(1)
+    async with stack(tmp_path) as s:
+        state = await s.contract(cid)
+        assert (state["paid"], state["payments"][0]["payment_reference"]) == ("99.00", "R1")
+        replay = await s.post(
+            f"/contracts/{cid}/payments", {"amount": "99.00", "payment_reference": "R1"}, key="p-1"
+        )
+        assert replay.json() == paid.json()
+        await s.post(f"/contracts/{cid}/signature", {"signer_name": "B"})
+        # Only the new signature is called back: the payment's callback was delivered before.
+        [(_, event)] = events(await s.recorder.wait_for(1))
+        assert event.kind is ContractEventKind.SIGNED
+
+
+async def test_auto_signer_signs_and_pays(tmp_path: Path) -> None:
+    async with stack(tmp_path, auto_sign="true", auto_sign_delay_ms="50") as s:
+        cid = await s.issue("299.00")
+        free = await s.issue("0", application_id="APP-2")
+        received = events(await s.recorder.wait_for(3))
+        by_app = sorted((path.split("/")[3], event.kind.value) for path, event in received)
+        assert by_app == [("APP-1", "deposit_paid"), ("APP-1", "signed"), ("APP-2", "signed")]
+        paid = next(e for _, e in received if e.kind is ContractEventKind.DEPOSIT_PAID)
+        assert (paid.contract_id, paid.amount) == (cid, Decimal("299.00"))
+        state = await s.contract(cid)
+        assert (state["status"], state["signer_name"], state["paid"]) == (
+            "signed",
+            "auto-signer",
+            "299.00",
+        )
+        assert (await s.contract(free))["status"] == "signed"
+
+
+async def test_activities_against_the_service(tmp_path: Path) -> None:
+    env = ActivityEnvironment()
+    async with stack(tmp_path) as s:
+        acts = contract_activities(s.url)
+        request = steps.IssueContract(
+            idempotency_key="wf-1/issue_contract",
+            application_id="APP-7",
+            merchant_name="成都火锅店",
+            channel="bank",
+            deposit_amount=Decimal("99"),
+            device_model="LKL-A8",
+            quantity=1,
+        )
+        issued = await env.run(acts.issue_contract, request)
+        assert type(issued) is steps.ContractIssued
+        assert issued == await env.run(acts.issue_contract, request)  # a retry: the same contract
+        cid = issued.contract_id
+        pay = {"amount": "99.00", "payment_reference": "PAY-7"}
+        assert (await s.post(f"/contracts/{cid}/payments", pay)).status_code == 201
+
+        refund = steps.RefundDeposit(
+            idempotency_key="wf-1/refund_deposit",
+            application_id="APP-7",
+            contract_id=cid,
+            amount=Decimal("99.00"),
+            payment_reference="PAY-7",
+        )
+        refunded = await env.run(acts.refund_deposit, refund)
+        assert type(refunded) is steps.Refunded
+        with pytest.raises(ApplicationError) as refused:
+            await env.run(acts.refund_deposit, refund.model_copy(update={"idempotency_key": "k2"}))
+        assert refused.value.non_retryable and refused.value.type == "refund_exceeds_paid"
+
+        void = steps.VoidContract(
+            idempotency_key="wf-1/void_contract",
+            application_id="APP-7",
+            contract_id=cid,
+            reason="withdrawn",
+        )
+        undone = await env.run(acts.void_contract, void)
+        assert type(undone) is steps.Undone and undone.reference == cid
+        await acts.client.aclose()
+
+    closed = contract_activities(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(ApplicationError) as unreachable:
+        await env.run(closed.void_contract, void)
+    assert unreachable.value.type == "ServiceUnavailable" and not unreachable.value.non_retryable
+    await closed.client.aclose()
+
+
+async def test_a_stale_writer_is_refused(tmp_path: Path) -> None:
+    """Two writers that read the same contract (the auto-signer and the merchant, say): the
+    second one's sign is refused instead of signing and calling back twice."""
+    async with stack(tmp_path) as s:
+        cid = await s.issue("0")
+        with s.service.session() as first, s.service.session() as second:
+            mine, theirs = first.get(Agreement, cid), second.get(Agreement, cid)
+            assert mine is not None and theirs is not None
+            sign(first, mine, "A")
+            first.commit()
+            with pytest.raises(ServiceError) as refused:
+                sign(second, theirs, "B")
+            assert (refused.value.status, refused.value.error) == (409, "concurrent_update")
+            second.rollback()
+        assert (await s.contract(cid))["signer_name"] == "A"
+        await s.recorder.wait_for(1)
+        await asyncio.sleep(0.3)
+        assert len(s.recorder.received) == 1
