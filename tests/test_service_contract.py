@@ -160,9 +160,14 @@ async def test_callbacks_are_retried_until_the_gateway_takes_them(tmp_path: Path
         assert (await s.post(f"/contracts/{cid}/signature", {"signer_name": "A"})).is_success
         [(_, event)] = events(await s.recorder.wait_for(1, seconds=8))
         assert event.kind is ContractEventKind.SIGNED
-        with s.service.session() as session:
-            [callback] = session.exec(select(Callback)).all()
-            assert callback.attempts == 3 and callback.delivered_at is not None
+        # The recorder sees the callback before the outbox commits it as delivered: wait for that.
+        for _ in range(200):
+            with s.service.session() as session:
+                [callback] = session.exec(select(Callback)).all()
+            if callback.delivered_at is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert callback.attempts == 3 and callback.delivered_at is not None
 
 
 async def test_zero_deposit_has_nothing_due(tmp_path: Path) -> None:

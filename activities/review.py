@@ -1,0 +1,76 @@
+"""Review activities: open (or reopen) the application's review case, ask for a site survey,
+escalate an overdue review, and close the case when the application is undone. Each calls the
+review service over HTTP with the step's idempotency key, so a retried activity repeats nothing.
+
+Decisions and survey results are not returned here: the review service sends them to the gateway
+as signed callbacks, which deliver them to the workflow."""
+
+from __future__ import annotations
+
+from temporalio import activity
+
+from activities import catalog
+from activities.http import ServiceClient
+from schemas import steps
+
+SERVICE = "review"
+
+
+class ReviewActivities:
+    def __init__(self, client: ServiceClient) -> None:
+        self.client = client
+
+    @activity.defn(name=catalog.OPEN_REVIEW_CASE)
+    async def open_review_case(self, request: steps.OpenReviewCase) -> steps.ReviewCaseOpened:
+        return await self.client.call(
+            "POST",
+            "/cases",
+            steps.ReviewCaseOpened,
+            idempotency_key=request.idempotency_key,
+            body=request.model_dump(mode="json", exclude={"idempotency_key"}),
+        )
+
+    @activity.defn(name=catalog.REQUEST_SITE_SURVEY)
+    async def request_site_survey(
+        self, request: steps.RequestSiteSurvey
+    ) -> steps.SiteSurveyRequested:
+        return await self.client.call(
+            "POST",
+            f"/cases/{request.case_id}/site-surveys",
+            steps.SiteSurveyRequested,
+            idempotency_key=request.idempotency_key,
+            body={
+                "application_id": request.application_id,
+                "address": request.address.model_dump(mode="json"),
+            },
+        )
+
+    @activity.defn(name=catalog.ESCALATE_REVIEW)
+    async def escalate_review(self, request: steps.EscalateReview) -> steps.Escalated:
+        return await self.client.call(
+            "POST",
+            f"/cases/{request.case_id}/escalations",
+            steps.Escalated,
+            idempotency_key=request.idempotency_key,
+            body={
+                "application_id": request.application_id,
+                "level": request.level,
+                "round": request.round,
+                "overdue_since": request.overdue_since.isoformat(),
+            },
+        )
+
+    @activity.defn(name=catalog.CLOSE_REVIEW_CASE)
+    async def close_review_case(self, request: steps.CloseReviewCase) -> steps.Undone:
+        return await self.client.call(
+            "POST",
+            f"/cases/{request.case_id}/close",
+            steps.Undone,
+            idempotency_key=request.idempotency_key,
+            body={"application_id": request.application_id, "reason": request.reason},
+        )
+
+
+def review_activities(base_url: str | None = None) -> ReviewActivities:
+    """Activities against the review service at `base_url`, else `service_url("review")`."""
+    return ReviewActivities(ServiceClient(SERVICE, base_url))
