@@ -1,4 +1,4 @@
-"""`posflow up | worker | dev-server`: run the stack on a laptop, or one role of it on a cluster.
+"""`posflow up | worker | gateway | services | dev-server`: the stack on a laptop, or one role.
 
 Modules that import the workflow are imported inside the commands, so `posflow --help` answers
 at once and without a server.
@@ -7,8 +7,9 @@ at once and without a server.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Annotated, Any
 
 import structlog
@@ -16,6 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from services.stack import GATEWAY_PORT, PORTS, Served, serve, stop_all
+from services.stack import build as build_service
 from workers.config import TemporalSettings
 from workers.dev_server import DEFAULT_PORT, DEFAULT_UI_PORT, DevServer, DevServerError
 from workers.logging import configure_logging
@@ -65,8 +68,14 @@ async def _start_or_stop(server: DevServer, stop: asyncio.Event) -> bool:
     return True
 
 
-def _print_urls(title: str, server: DevServer, task_queue: str | None) -> None:
+def _print_urls(
+    title: str, server: DevServer, task_queue: str | None, served: Sequence[Served] = ()
+) -> None:
     table = Table(show_header=False, box=None, padding=(0, 2))
+    for item in served:
+        table.add_row(
+            "Gateway (API)" if item.name == "gateway" else f"{item.name} service", item.url
+        )
     table.add_row("Temporal gRPC", f"{server.address}  (namespace {server.namespace})")
     if server.ui_url:
         table.add_row("Temporal Web UI", server.ui_url)
@@ -88,8 +97,16 @@ async def _register_search_attributes(server: DevServer) -> None:
         log.info("search_attributes_registered", names=added)
 
 
+# On the embedded stack the sandbox services act for the reviewers, merchants, carriers and
+# technicians, so an application moves from submission to go-live on its own.
+SANDBOX_AUTOMATION = ("REVIEW", "CONTRACT", "DEVICE", "LOGISTICS")
+
+
 async def _up(port: int, ui_port: int) -> None:
     from workers.main import run_worker
+
+    for service in SANDBOX_AUTOMATION:
+        os.environ.setdefault(f"POSFLOW_{service}_AUTO", "true")
 
     stop = _stop_on_signals()
     server = DevServer(port=port, ui_port=ui_port)
@@ -108,9 +125,11 @@ async def _up(port: int, ui_port: int) -> None:
         readied = asyncio.create_task(ready.wait())
         await asyncio.wait({worker, readied}, return_when=asyncio.FIRST_COMPLETED)
         readied.cancel()
+        served = await _serve_http_roles(settings) if ready.is_set() else []
         if ready.is_set():
-            _print_urls("posflow is up", server, settings.task_queue)
+            _print_urls("posflow is up", server, settings.task_queue, served)
         await asyncio.wait({worker, server_exited}, return_when=asyncio.FIRST_COMPLETED)
+        await stop_all(served)
         if server_exited.done() and not stop.is_set():
             # The worker cannot do anything useful without its server: end it and say why.
             stop.set()
@@ -123,6 +142,39 @@ async def _up(port: int, ui_port: int) -> None:
     finally:
         await server.stop()
     console.print("posflow stopped.")
+
+
+async def _serve_http_roles(
+    settings: TemporalSettings, services: bool = True, gateway: bool = True
+) -> list[Served]:
+    """The sandbox services and the gateway, each on its port of the embedded stack."""
+    from gateway.app import GatewaySettings, create_app
+    from workers.temporal import connect
+
+    served: list[Served] = []
+    try:
+        if services:
+            for name, port in PORTS.items():
+                served.append(await serve(name, build_service(name).app, port))
+        if gateway:
+            client = await connect(settings)
+            app = create_app(client, GatewaySettings.from_env())
+            served.append(await serve("gateway", app, GATEWAY_PORT))
+    except BaseException:
+        await stop_all(served)
+        raise
+    return served
+
+
+async def _http_roles_until_stopped(services: bool, gateway: bool) -> None:
+    stop = _stop_on_signals()
+    served = await _serve_http_roles(TemporalSettings.from_env(), services, gateway)
+    for item in served:
+        console.print(f"  {item.name:<10} {item.url}", highlight=False)
+    try:
+        await stop.wait()
+    finally:
+        await stop_all(served)
 
 
 async def _dev_server(port: int, ui_port: int, headless: bool) -> None:
@@ -166,6 +218,20 @@ def worker() -> None:
     """Run a worker against the Temporal service in TEMPORAL_ADDRESS until Ctrl-C or SIGTERM."""
     configure_logging()
     _run(_worker())
+
+
+@app.command()
+def services() -> None:
+    """Run the sandbox review, contract, device and logistics services until Ctrl-C."""
+    configure_logging()
+    _run(_http_roles_until_stopped(services=True, gateway=False))
+
+
+@app.command()
+def gateway() -> None:
+    """Run the gateway (HTTP API) against the Temporal service in TEMPORAL_ADDRESS."""
+    configure_logging()
+    _run(_http_roles_until_stopped(services=False, gateway=True))
 
 
 @app.command("dev-server")

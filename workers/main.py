@@ -1,10 +1,8 @@
-"""The onboarding worker: runs the `PosOnboarding` workflow and the activities it calls.
+"""The onboarding worker: runs the `PosOnboarding` workflow and every activity it calls.
 
-The worker registers document validation and merchant notifications. The review, contract,
-device and logistics activities join when their service clients land (the next issue). Until
-then an application runs document collection and then parks in "needs attention" at the first
-service step, because no worker serves that activity; an admin retry resumes it once the
-activity is deployed.
+Document validation and notifications run in-process; the review, contract, device and
+logistics activities are HTTP clients of those services, at `POSFLOW_<SERVICE>_URL` (the
+embedded stack's ports by default).
 """
 
 from __future__ import annotations
@@ -21,7 +19,34 @@ from workers.config import TemporalSettings
 from workers.logging import configure_logging
 from workers.temporal import build_worker, connect, register_search_attributes
 
-WORKER_ACTIVITIES: list[Callable[..., Any]] = [validate_documents, notify_merchant]
+
+def activity_methods(implementation: object) -> list[Callable[..., Any]]:
+    """The bound `@activity.defn` methods of an activities object."""
+    return [
+        getattr(implementation, name)
+        for name in dir(implementation)
+        if hasattr(getattr(type(implementation), name, None), "__temporal_activity_definition")
+    ]
+
+
+def worker_activities() -> list[Callable[..., Any]]:
+    from activities.contract import contract_activities
+    from activities.device import device_activities
+    from activities.logistics import logistics_activities
+    from activities.review import review_activities
+
+    services: list[object] = [
+        review_activities(),
+        contract_activities(),
+        device_activities(),
+        logistics_activities(),
+    ]
+    return [
+        validate_documents,
+        notify_merchant,
+        *(m for s in services for m in activity_methods(s)),
+    ]
+
 
 log = structlog.get_logger(__name__)
 
@@ -39,7 +64,7 @@ async def run_worker(
     added = await register_search_attributes(client)
     if added:
         log.info("search_attributes_registered", names=added)
-    worker = build_worker(client, settings.task_queue, activities=WORKER_ACTIVITIES)
+    worker = build_worker(client, settings.task_queue, activities=worker_activities())
     stop = stop or asyncio.Event()
     # The worker runs as its own task rather than inside `async with worker`: if polling fails
     # for good, the process must end with that error instead of idling on `stop`.
