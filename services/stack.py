@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import uvicorn
@@ -32,8 +33,20 @@ def build(name: str) -> Service:
     return service
 
 
+class _EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves signals to the process hosting it.
+
+    Uvicorn traps Ctrl-C itself and raises it again once it has exited, which cuts short the
+    ordered shutdown of the other roles in `posflow up`.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def serve(name: str, app: FastAPI, port: int, host: str = "127.0.0.1") -> Served:
-    server = uvicorn.Server(
+    server = _EmbeddedServer(
         uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
     )
     task = asyncio.create_task(server.serve())
