@@ -234,6 +234,34 @@ def gateway() -> None:
     _run(_http_roles_until_stopped(services=False, gateway=True))
 
 
+@app.command()
+def demo(
+    count: Annotated[int, typer.Option(help="How many applications to submit.")] = 20,
+    gateway_url: Annotated[
+        str, typer.Option(help="The gateway's base URL.")
+    ] = f"http://127.0.0.1:{GATEWAY_PORT}",
+    seed: Annotated[int, typer.Option(help="First seed of the generated merchants.")] = 1,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for every case to settle.")] = 300,
+) -> None:
+    """Submit generated applications to a running stack (`posflow up`) and report how they end."""
+    from cli.demo import run_demo
+
+    result = asyncio.run(run_demo(gateway_url, count, seed, timeout))
+    table = Table(title=f"posflow demo: {result.submitted} applications in {result.seconds:.1f} s")
+    table.add_column("outcome")
+    table.add_column("applications", justify="right")
+    for outcome in ("live", "rejected", "expired", "cancelled"):
+        table.add_row(outcome, str(result.outcomes[outcome]))
+    table.add_row("documents refused (422)", str(result.refused_documents))
+    table.add_row("documents supplemented on request", str(result.supplemented))
+    table.add_row("not finished", str(len(result.unfinished)))
+    console.print(table)
+    for app_id, stage in sorted(result.unfinished.items()):
+        console.print(f"  {app_id} still in {stage}", highlight=False)
+    if result.unfinished:
+        raise typer.Exit(1)
+
+
 @app.command("dev-server")
 def dev_server(
     port: PortOption = DEFAULT_PORT,

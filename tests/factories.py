@@ -9,6 +9,15 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
+from cli.samples import (
+    make_bank_card,
+    make_corporate_account,
+    make_org_code,
+    make_registration_number,
+    make_resident_id,
+    make_tax_registration,
+    make_uscc,
+)
 from schemas.application import (
     AccountKind,
     Address,
@@ -26,19 +35,11 @@ from schemas.application import (
     SettlementAccount,
 )
 from schemas.documents import Document, DocumentKind
-from schemas.identifiers import (
-    luhn_check_digit,
-    organisation_code_check_char,
-    registration_check_digit,
-    resident_id_check_char,
-    uscc_check_char,
-)
 
 # The date the documents are validated as of in these tests: all factory documents are valid then
 # and for decades after.
 TODAY = date(2025, 6, 1)
 ID_CARD_EXPIRES_ON = date(2045, 6, 30)
-AREA_CODE = "110108"  # 北京市海淀区
 
 LEGAL_REP_NAME = "张三"
 INDIVIDUAL_NAME = "北京市海淀区张三便利店"
@@ -48,46 +49,6 @@ PASSPORT_NUMBER = "E12345678"
 
 
 # --- identifiers -----------------------------------------------------------------------------
-
-
-def make_resident_id(birth: date, seq: int = 1, area: str = AREA_CODE) -> str:
-    """A valid resident ID number for someone born on `birth`; `seq` (0-999) is the order code."""
-    body = f"{area}{birth:%Y%m%d}{seq % 1000:03d}"
-    return body + resident_id_check_char(body)
-
-
-def make_org_code(seed: int) -> str:
-    """A valid 9-digit GB 11714 organisation code (no hyphen); the check may be 'X'."""
-    body = f"{seed % 10**8:08d}"
-    return body + organisation_code_check_char(body)
-
-
-def make_uscc(seed: int, prefix: str = "91") -> str:
-    """A valid USCC: `prefix` ("91" enterprise, "92" individual business), area, org code."""
-    body = f"{prefix}{AREA_CODE}{make_org_code(seed)}"
-    return body + uscc_check_char(body)
-
-
-def make_registration_number(seed: int) -> str:
-    """A valid legacy 15-digit business registration number."""
-    body = f"{AREA_CODE}{seed % 10**8:08d}"
-    return body + registration_check_digit(body)
-
-
-def make_bank_card(seed: int) -> str:
-    """A valid 19-digit personal bank card number (Luhn)."""
-    body = f"622202{seed % 10**12:012d}"
-    return body + luhn_check_digit(body)
-
-
-def make_corporate_account(seed: int) -> str:
-    """A valid 20-digit corporate account number."""
-    return f"0200{seed % 10**16:016d}"
-
-
-def make_tax_registration(org_code: str) -> str:
-    """A legacy tax registration number: the area code followed by the organisation code."""
-    return AREA_CODE + org_code
 
 
 # --- applications ----------------------------------------------------------------------------
