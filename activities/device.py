@@ -53,7 +53,16 @@ class DeviceActivities:
             steps.TerminalsRegistered,
             idempotency_key=request.idempotency_key,
             body=request.model_dump(
-                mode="json", include={"application_id", "merchant_name", "serials"}
+                mode="json",
+                include={
+                    "application_id",
+                    "merchant_name",
+                    "serials",
+                    "settlement_holder",
+                    "settlement_bank",
+                    "settlement_account_last4",
+                    "install_address",
+                },
             ),
         )
 

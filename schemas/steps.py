@@ -146,6 +146,12 @@ class RegisterTerminals(Step):
     merchant_name: str
     reservation_id: str
     serials: list[str]
+    # What an activated terminal is bound to. Only the last four digits of the account travel:
+    # the binding names the account, settlement itself happens in the acquirer's clearing.
+    settlement_holder: str = ""
+    settlement_bank: str = ""
+    settlement_account_last4: str = ""
+    install_address: Address | None = None
 
 
 class TerminalIds(Model):

@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from schemas import steps
-from schemas.application import Model
+from schemas.application import Address, Model
 from schemas.identifiers import check_mid, check_tid
 from schemas.messages import TerminalActivated
 from services.base import (
@@ -115,6 +115,10 @@ class Merchant(SQLModel, table=True):
     mid: str = Field(primary_key=True)  # never reissued: a retired row stays
     application_id: str = Field(index=True)
     merchant_name: str
+    settlement_holder: str = ""
+    settlement_bank: str = ""
+    settlement_account_last4: str = ""
+    install_address: str = ""  # one line
     acquiring_enabled_at: datetime | None = None
     retired_at: datetime | None = None
     created_at: datetime = Field(default_factory=_now)
@@ -183,6 +187,10 @@ class RegisterBody(Model):
     application_id: str = PydanticField(min_length=1, max_length=80)
     merchant_name: str = PydanticField(min_length=1, max_length=200)
     serials: list[str] = PydanticField(min_length=1)
+    settlement_holder: str = PydanticField(default="", max_length=200)
+    settlement_bank: str = PydanticField(default="", max_length=80)
+    settlement_account_last4: str = PydanticField(default="", pattern=r"^(\d{4})?$")
+    install_address: Address | None = None
 
 
 class ReleaseBody(Model):
@@ -220,6 +228,16 @@ class ModelStock(Model):
     total: int
 
 
+class Binding(Model):
+    """What an activated terminal is bound to (绑定): the merchant, its account, where it stands."""
+
+    merchant_name: str
+    settlement_holder: str
+    settlement_bank: str
+    settlement_account: str  # masked: only the last four digits are known here
+    install_address: str
+
+
 class TerminalView(Model):
     serial: str
     model: str
@@ -228,10 +246,21 @@ class TerminalView(Model):
     mid: str | None
     tid: str | None
     activated_at: datetime | None
+    bound_to: Binding | None = None
 
 
-def _view(terminal: Terminal) -> TerminalView:
+def _view(terminal: Terminal, merchant: Merchant | None = None) -> TerminalView:
+    bound = merchant is not None and terminal.activated_at is not None
     return TerminalView(
+        bound_to=Binding(
+            merchant_name=merchant.merchant_name,
+            settlement_holder=merchant.settlement_holder,
+            settlement_bank=merchant.settlement_bank,
+            settlement_account=f"****{merchant.settlement_account_last4}",
+            install_address=merchant.install_address,
+        )
+        if bound and merchant is not None
+        else None,
         serial=terminal.serial,
         model=terminal.model,
         status=terminal.status,
@@ -406,6 +435,10 @@ def register(
             mid=_new_mid(session),
             application_id=body.application_id,
             merchant_name=body.merchant_name,
+            settlement_holder=body.settlement_holder,
+            settlement_bank=body.settlement_bank,
+            settlement_account_last4=body.settlement_account_last4,
+            install_address=body.install_address.one_line() if body.install_address else "",
         )
         session.add(merchant)
         session.flush()
@@ -736,7 +769,8 @@ def routes(service: Service) -> None:
             terminal = session.get(Terminal, serial)
             if terminal is None:
                 raise ServiceError(404, "unknown_terminal", f"no terminal {serial}")
-            return _view(terminal)
+            merchant = session.get(Merchant, terminal.mid) if terminal.mid else None
+            return _view(terminal, merchant)
 
     @app.post("/reservations")
     def post_reservation(body: ReserveBody, key: str | None = Key) -> JSONResponse:

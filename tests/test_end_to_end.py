@@ -9,6 +9,7 @@ the device service's own records, as the merchant reads it from the SMS).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -186,6 +187,17 @@ async def test_an_application_goes_live_through_http_alone(stack: Stack) -> None
     status = await stack.until(app, "live")
     assert status["mid"] and len(status["mid"]) == 15
     assert all(t["activated_at"] and t["test_transaction"] for t in status["terminals"])
+    async with httpx.AsyncClient(base_url=stack.served["device"].url) as http:
+        terminal = (await http.get(f"/terminals/{status['terminals'][0]['serial']}")).json()
+    account = app.settlement_account
+    assert terminal["bound_to"] == {
+        "merchant_name": app.merchant.name,
+        "settlement_holder": account.holder_name,
+        "settlement_bank": account.bank_name,
+        "settlement_account": f"****{account.account_number[-4:]}",
+        "install_address": app.delivery_address().one_line(),
+    }
+    assert account.account_number not in json.dumps(terminal, ensure_ascii=False)
     messages = (await stack.gateway.get(f"/api/applications/{app.application_id}/messages")).json()
     kinds = {m["kind"] for m in messages if m["outcome"] == "applied"}
     assert {

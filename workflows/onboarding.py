@@ -316,6 +316,10 @@ class PosOnboarding:
                 merchant_name=self.app.merchant.name,
                 reservation_id=reserved.reservation_id,
                 serials=reserved.serials,
+                settlement_holder=self.app.settlement_account.holder_name,
+                settlement_bank=self.app.settlement_account.bank_name,
+                settlement_account_last4=self.app.settlement_account.account_number[-4:],
+                install_address=self.app.delivery_address(),
             ),
             steps.TerminalsRegistered,
         )
