@@ -4,13 +4,11 @@ contracts or refunds twice."""
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 from pydantic import BaseModel, ConfigDict
 from temporalio import activity
 
 from activities import catalog
-from activities.http import ServiceClient
+from activities.http import ServiceClient, path
 from schemas import steps
 
 
@@ -23,43 +21,28 @@ class _Issued(BaseModel):
     signing_url: str
 
 
-def _contract_path(contract_id: str) -> str:
-    return f"/contracts/{quote(contract_id, safe='')}"
-
-
 class ContractActivities:
     def __init__(self, client: ServiceClient) -> None:
         self.client = client
 
     @activity.defn(name=catalog.ISSUE_CONTRACT)
     async def issue_contract(self, request: steps.IssueContract) -> steps.ContractIssued:
-        issued = await self.client.call(
-            "POST",
-            "/contracts",
-            _Issued,
-            idempotency_key=request.idempotency_key,
-            body=request.model_dump(mode="json", exclude={"idempotency_key"}),
-        )
+        issued = await self.client.send("/contracts", request, _Issued)
         return steps.ContractIssued(contract_id=issued.contract_id, signing_url=issued.signing_url)
 
     @activity.defn(name=catalog.VOID_CONTRACT)
     async def void_contract(self, request: steps.VoidContract) -> steps.Undone:
-        return await self.client.call(
-            "POST",
-            _contract_path(request.contract_id) + "/void",
-            steps.Undone,
-            idempotency_key=request.idempotency_key,
-            body={"reason": request.reason},
+        return await self.client.send(
+            path("contracts", request.contract_id, "void"), request, steps.Undone, fields={"reason"}
         )
 
     @activity.defn(name=catalog.REFUND_DEPOSIT)
     async def refund_deposit(self, request: steps.RefundDeposit) -> steps.Refunded:
-        return await self.client.call(
-            "POST",
-            _contract_path(request.contract_id) + "/refunds",
+        return await self.client.send(
+            path("contracts", request.contract_id, "refunds"),
+            request,
             steps.Refunded,
-            idempotency_key=request.idempotency_key,
-            body={"amount": str(request.amount), "payment_reference": request.payment_reference},
+            fields={"amount", "payment_reference"},
         )
 
 

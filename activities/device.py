@@ -14,7 +14,7 @@ from typing import Any
 from temporalio import activity
 
 from activities import catalog
-from activities.http import ServiceClient, service_url
+from activities.http import ServiceClient, path, service_url
 from schemas import steps
 
 
@@ -35,81 +35,70 @@ class DeviceActivities:
 
     @activity.defn(name=catalog.RESERVE_TERMINALS)
     async def reserve_terminals(self, request: steps.ReserveTerminals) -> steps.TerminalsReserved:
-        return await self.client.call(
-            "POST",
+        return await self.client.send(
             "/reservations",
+            request,
             steps.TerminalsReserved,
-            idempotency_key=request.idempotency_key,
-            body=request.model_dump(mode="json", include={"application_id", "model", "quantity"}),
+            fields={"application_id", "model", "quantity"},
         )
 
     @activity.defn(name=catalog.REGISTER_TERMINALS)
     async def register_terminals(
         self, request: steps.RegisterTerminals
     ) -> steps.TerminalsRegistered:
-        return await self.client.call(
-            "POST",
-            f"/reservations/{request.reservation_id}/registration",
+        return await self.client.send(
+            path("reservations", request.reservation_id, "registration"),
+            request,
             steps.TerminalsRegistered,
-            idempotency_key=request.idempotency_key,
-            body=request.model_dump(
-                mode="json",
-                include={
-                    "application_id",
-                    "merchant_name",
-                    "serials",
-                    "settlement_holder",
-                    "settlement_bank",
-                    "settlement_account_last4",
-                    "install_address",
-                },
-            ),
+            fields={
+                "application_id",
+                "merchant_name",
+                "serials",
+                "settlement_holder",
+                "settlement_bank",
+                "settlement_account_last4",
+                "install_address",
+            },
         )
 
     @activity.defn(name=catalog.RELEASE_TERMINALS)
     async def release_terminals(self, request: steps.ReleaseTerminals) -> steps.Undone:
-        return await self.client.call(
-            "POST",
-            f"/reservations/{request.reservation_id}/release",
+        return await self.client.send(
+            path("reservations", request.reservation_id, "release"),
+            request,
             steps.Undone,
-            idempotency_key=request.idempotency_key,
-            body={"reason": request.reason},
+            fields={"reason"},
         )
 
     @activity.defn(name=catalog.ISSUE_ACTIVATION_CODES)
     async def issue_activation_codes(
         self, request: steps.IssueActivationCodes
     ) -> steps.ActivationCodesIssued:
-        return await self.client.call(
-            "POST",
+        return await self.client.send(
             "/activation-codes",
+            request,
             steps.ActivationCodesIssued,
-            idempotency_key=request.idempotency_key,
-            body=request.model_dump(mode="json", include={"application_id", "mid", "terminals"}),
+            fields={"application_id", "mid", "terminals"},
         )
 
     @activity.defn(name=catalog.RUN_TEST_TRANSACTION)
     async def run_test_transaction(
         self, request: steps.RunTestTransaction
     ) -> steps.TestTransactionResult:
-        return await self.client.call(
-            "POST",
+        return await self.client.send(
             "/test-transactions",
+            request,
             steps.TestTransactionResult,
-            idempotency_key=request.idempotency_key,
-            body=request.model_dump(
-                mode="json", include={"application_id", "mid", "serial", "tid"}
-            ),
+            fields={"application_id", "mid", "serial", "tid"},
         )
 
     @activity.defn(name=catalog.ENABLE_ACQUIRING)
     async def enable_acquiring(self, request: steps.EnableAcquiring) -> steps.AcquiringEnabled:
-        return await self.client.call(
-            "POST",
-            f"/merchants/{request.mid}/acquiring",
+        return await self.client.send(
+            path("merchants", request.mid, "acquiring"),
+            request,
             steps.AcquiringEnabled,
-            idempotency_key=request.idempotency_key,
-            body=request.model_dump(mode="json", include={"application_id", "tids"}),
+            fields={"application_id", "tids"},
         )
 
 

@@ -5,25 +5,31 @@ activity's retry policy."""
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
 from temporalio.exceptions import ApplicationError
 
+from schemas.steps import Step
+
 R = TypeVar("R", bound=BaseModel)
 
-DEFAULT_URLS = {
-    "review": "http://127.0.0.1:8101",
-    "contract": "http://127.0.0.1:8102",
-    "device": "http://127.0.0.1:8103",
-    "logistics": "http://127.0.0.1:8104",
-}
+# The port each service listens on in the embedded stack (`posflow up` serves them there).
+DEFAULT_PORTS = {"review": 8101, "contract": 8102, "device": 8103, "logistics": 8104}
 
 
 def service_url(service: str) -> str:
     """`POSFLOW_<SERVICE>_URL`, else the embedded stack's address for it."""
-    return os.environ.get(f"POSFLOW_{service.upper()}_URL", DEFAULT_URLS[service])
+    default = f"http://127.0.0.1:{DEFAULT_PORTS[service]}"
+    return os.environ.get(f"POSFLOW_{service.upper()}_URL", default)
+
+
+def path(*parts: str) -> str:
+    """A URL path from its segments, each quoted (an id may hold any character)."""
+    return "/" + "/".join(quote(part, safe="") for part in parts)
 
 
 class ServiceClient:
@@ -43,6 +49,19 @@ class ServiceClient:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+    async def send(
+        self, path: str, step: Step, result_type: type[R], *, fields: Collection[str] | None = None
+    ) -> R:
+        """POST one workflow step: its idempotency key as the header, and as the body its fields
+        (`fields` only, when the path already names the rest)."""
+        if fields is None:
+            body = step.model_dump(mode="json", exclude={"idempotency_key"})
+        else:
+            body = step.model_dump(mode="json", include=set(fields))
+        return await self.call(
+            "POST", path, result_type, idempotency_key=step.idempotency_key, body=body
+        )
 
     async def call(
         self,

@@ -7,17 +7,11 @@ never ships twice; a refusal (4xx, e.g. recalling a delivered parcel) is non-ret
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 from temporalio import activity
 
 from activities import catalog
-from activities.http import ServiceClient, service_url
+from activities.http import ServiceClient, path, service_url
 from schemas import steps
-
-
-def _path(*parts: str) -> str:
-    return "/" + "/".join(quote(part, safe="") for part in parts)
 
 
 class LogisticsActivities:
@@ -28,72 +22,45 @@ class LogisticsActivities:
 
     @activity.defn(name=catalog.CREATE_SHIPMENT)
     async def create_shipment(self, request: steps.CreateShipment) -> steps.ShipmentCreated:
-        return await self.client.call(
-            "POST",
-            "/shipments",
-            steps.ShipmentCreated,
-            idempotency_key=request.idempotency_key,
-            body=request.model_dump(mode="json", exclude={"idempotency_key"}),
-        )
+        return await self.client.send("/shipments", request, steps.ShipmentCreated)
 
     @activity.defn(name=catalog.BOOK_INSTALLATION)
     async def book_installation(self, request: steps.BookInstallation) -> steps.InstallationBooked:
-        return await self.client.call(
-            "POST",
-            "/installations",
-            steps.InstallationBooked,
-            idempotency_key=request.idempotency_key,
-            body=request.model_dump(mode="json", exclude={"idempotency_key"}),
-        )
+        return await self.client.send("/installations", request, steps.InstallationBooked)
 
     @activity.defn(name=catalog.RECALL_SHIPMENT)
     async def recall_shipment(self, request: steps.RecallShipment) -> steps.Undone:
-        return await self.client.call(
-            "POST",
-            _path("shipments", request.shipment_id, "recall"),
+        return await self.client.send(
+            path("shipments", request.shipment_id, "recall"),
+            request,
             steps.Undone,
-            idempotency_key=request.idempotency_key,
-            body={"application_id": request.application_id, "reason": request.reason},
+            fields={"application_id", "reason"},
         )
 
     @activity.defn(name=catalog.CANCEL_INSTALLATION)
     async def cancel_installation(self, request: steps.CancelInstallation) -> steps.Undone:
-        return await self.client.call(
-            "POST",
-            _path("installations", request.appointment_id, "cancel"),
+        return await self.client.send(
+            path("installations", request.appointment_id, "cancel"),
+            request,
             steps.Undone,
-            idempotency_key=request.idempotency_key,
-            body={"application_id": request.application_id, "reason": request.reason},
+            fields={"application_id", "reason"},
         )
 
     @activity.defn(name=catalog.ARRANGE_RETURN)
     async def arrange_return(self, request: steps.ArrangeReturn) -> steps.ReturnArranged:
-        return await self.client.call(
-            "POST",
-            "/returns",
-            steps.ReturnArranged,
-            idempotency_key=request.idempotency_key,
-            body=request.model_dump(mode="json", exclude={"idempotency_key"}),
-        )
+        return await self.client.send("/returns", request, steps.ReturnArranged)
 
     @activity.defn(name=catalog.SCHEDULE_TRAINING)
     async def schedule_training(self, request: steps.ScheduleTraining) -> steps.TrainingScheduled:
-        return await self.client.call(
-            "POST",
-            "/trainings",
-            steps.TrainingScheduled,
-            idempotency_key=request.idempotency_key,
-            body=request.model_dump(mode="json", exclude={"idempotency_key"}),
-        )
+        return await self.client.send("/trainings", request, steps.TrainingScheduled)
 
     @activity.defn(name=catalog.CANCEL_TRAINING)
     async def cancel_training(self, request: steps.CancelTraining) -> steps.Undone:
-        return await self.client.call(
-            "POST",
-            _path("trainings", request.session_id, "cancel"),
+        return await self.client.send(
+            path("trainings", request.session_id, "cancel"),
+            request,
             steps.Undone,
-            idempotency_key=request.idempotency_key,
-            body={"application_id": request.application_id, "reason": request.reason},
+            fields={"application_id", "reason"},
         )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from temporalio import activity
 
 from activities import catalog
-from activities.http import ServiceClient
+from activities.http import ServiceClient, path
 from schemas import steps
 
 SERVICE = "review"
@@ -22,52 +22,35 @@ class ReviewActivities:
 
     @activity.defn(name=catalog.OPEN_REVIEW_CASE)
     async def open_review_case(self, request: steps.OpenReviewCase) -> steps.ReviewCaseOpened:
-        return await self.client.call(
-            "POST",
-            "/cases",
-            steps.ReviewCaseOpened,
-            idempotency_key=request.idempotency_key,
-            body=request.model_dump(mode="json", exclude={"idempotency_key"}),
-        )
+        return await self.client.send("/cases", request, steps.ReviewCaseOpened)
 
     @activity.defn(name=catalog.REQUEST_SITE_SURVEY)
     async def request_site_survey(
         self, request: steps.RequestSiteSurvey
     ) -> steps.SiteSurveyRequested:
-        return await self.client.call(
-            "POST",
-            f"/cases/{request.case_id}/site-surveys",
+        return await self.client.send(
+            path("cases", request.case_id, "site-surveys"),
+            request,
             steps.SiteSurveyRequested,
-            idempotency_key=request.idempotency_key,
-            body={
-                "application_id": request.application_id,
-                "address": request.address.model_dump(mode="json"),
-            },
+            fields={"application_id", "address"},
         )
 
     @activity.defn(name=catalog.ESCALATE_REVIEW)
     async def escalate_review(self, request: steps.EscalateReview) -> steps.Escalated:
-        return await self.client.call(
-            "POST",
-            f"/cases/{request.case_id}/escalations",
+        return await self.client.send(
+            path("cases", request.case_id, "escalations"),
+            request,
             steps.Escalated,
-            idempotency_key=request.idempotency_key,
-            body={
-                "application_id": request.application_id,
-                "level": request.level,
-                "round": request.round,
-                "overdue_since": request.overdue_since.isoformat(),
-            },
+            fields={"application_id", "level", "round", "overdue_since"},
         )
 
     @activity.defn(name=catalog.CLOSE_REVIEW_CASE)
     async def close_review_case(self, request: steps.CloseReviewCase) -> steps.Undone:
-        return await self.client.call(
-            "POST",
-            f"/cases/{request.case_id}/close",
+        return await self.client.send(
+            path("cases", request.case_id, "close"),
+            request,
             steps.Undone,
-            idempotency_key=request.idempotency_key,
-            body={"application_id": request.application_id, "reason": request.reason},
+            fields={"application_id", "reason"},
         )
 
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import uvicorn
 from fastapi import FastAPI
 
+from activities.http import DEFAULT_PORTS
 from services.base import Service
 
-# The port each service listens on in the embedded stack (activities.http.DEFAULT_URLS agrees).
-PORTS = {"review": 8101, "contract": 8102, "device": 8103, "logistics": 8104}
+PORTS = DEFAULT_PORTS  # where the activities look for each service by default
 GATEWAY_PORT = 8000
 
 
