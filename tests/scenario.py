@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.api.common.v1 import WorkflowExecution
-from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
+from temporalio.api.workflowservice.v1 import (
+    DescribeWorkflowExecutionRequest,
+    DescribeWorkflowExecutionResponse,
+)
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
@@ -121,18 +124,19 @@ class Run:
     async def parked(self) -> ApplicationStatus:
         return await self.until(lambda s: s.attention is not None, "needs attention")
 
-    async def search_attribute(self, name: str) -> Any:
-        """A search attribute as the server holds it (None when unset).
-
-        Read from the raw description: the time-skipping test server encodes an unset Datetime
-        attribute in a way the typed `describe()` cannot decode.
-        """
-        raw = await self.env.client.workflow_service.describe_workflow_execution(
+    async def describe_raw(self) -> DescribeWorkflowExecutionResponse:
+        """The server's description, undecoded: the time-skipping test server encodes an unset
+        Datetime attribute in a way the typed `describe()` cannot decode."""
+        return await self.env.client.workflow_service.describe_workflow_execution(
             DescribeWorkflowExecutionRequest(
                 namespace=self.env.client.namespace,
                 execution=WorkflowExecution(workflow_id=self.handle.id),
             )
         )
+
+    async def search_attribute(self, name: str) -> Any:
+        """A search attribute as the server holds it (None when unset)."""
+        raw = await self.describe_raw()
         payload = raw.workflow_execution_info.search_attributes.indexed_fields.get(name)
         return json.loads(payload.data) if payload is not None and payload.data else None
 

@@ -11,10 +11,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request, Response
 
 from services.signing import HEADER, SignatureError, verify
+from services.stack import serve, stop_all
 
 
 def free_port() -> int:
@@ -26,20 +26,11 @@ def free_port() -> int:
 @asynccontextmanager
 async def serving(app: FastAPI, port: int | None = None) -> AsyncIterator[str]:
     """Serve `app` (lifespan included) until the block ends; yields its base URL."""
-    port = port or free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
+    served = await serve("test", app, port or free_port())
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield served.url
     finally:
-        server.should_exit = True
-        await task
+        await stop_all([served])
 
 
 @dataclass

@@ -11,8 +11,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from temporalio.api.common.v1 import WorkflowExecution
-from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
@@ -74,13 +72,7 @@ class Bench:
             # Terminating with an activity in flight leaks a time-skipping lock on the test
             # server (every later env.sleep then hangs), so let in-flight activities finish.
             for _ in range(250):
-                raw = await self.env.client.workflow_service.describe_workflow_execution(
-                    DescribeWorkflowExecutionRequest(
-                        namespace=self.env.client.namespace,
-                        execution=WorkflowExecution(workflow_id=run.handle.id),
-                    )
-                )
-                if not raw.pending_activities:
+                if not (await run.describe_raw()).pending_activities:
                     break
                 await asyncio.sleep(0.02)
             with contextlib.suppress(RPCError):  # already finished

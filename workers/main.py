@@ -16,7 +16,6 @@ import structlog
 from activities.documents import validate_documents
 from activities.notifications import notify_merchant
 from workers.config import TemporalSettings
-from workers.logging import configure_logging
 from workers.temporal import build_worker, connect, register_search_attributes
 
 
@@ -58,8 +57,8 @@ async def run_worker(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Serve `settings.task_queue` until `stop` is set (forever without one), then shut down
-    gracefully. `ready` is set once the worker has started."""
-    configure_logging()
+    gracefully. `ready` is set once the worker has started. Logging is the caller's to set up
+    (the `posflow` commands do)."""
     client = await connect(settings)
     added = await register_search_attributes(client)
     if added:

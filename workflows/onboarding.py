@@ -727,6 +727,7 @@ class PosOnboarding:
                     return False
 
     async def execute(self, name: str, arg: BaseModel, result_type: type[T]) -> T:
+        """Run an activity with the policy's timeout and retries (the one place they are set)."""
         result: T = await workflow.execute_activity(
             name,
             arg,
@@ -769,7 +770,7 @@ class PosOnboarding:
         case = self.case
         case.notices_sent += 1
         try:
-            await workflow.execute_activity(
+            await self.execute(
                 act.NOTIFY_MERCHANT,
                 steps.NotifyMerchant(
                     idempotency_key=case.key("notify", case.notices_sent),
@@ -777,12 +778,7 @@ class PosOnboarding:
                     notice=notice,
                     detail=detail,
                 ),
-                result_type=steps.Notified,
-                start_to_close_timeout=self.policy.activity_timeout,
-                retry_policy=RetryPolicy(
-                    initial_interval=self.policy.activity_retry_interval,
-                    maximum_attempts=self.policy.activity_max_attempts,
-                ),
+                steps.Notified,
             )
             case.event("merchant_notified", notice.value)
         except ActivityError as err:
@@ -803,7 +799,7 @@ class PosOnboarding:
             case = self.case
             candidate = {**case.documents, **{d.kind: d for d in submission.documents}}
             try:
-                report = await workflow.execute_activity(
+                report = await self.execute(
                     act.VALIDATE_DOCUMENTS,
                     steps.ValidateDocuments(
                         application=self.app,
@@ -811,9 +807,7 @@ class PosOnboarding:
                         extra_required=[k.value for k in case.requested_documents],
                         as_of=workflow.now().astimezone(CHINA).date(),
                     ),
-                    result_type=ValidationReport,
-                    start_to_close_timeout=self.policy.activity_timeout,
-                    retry_policy=RetryPolicy(maximum_attempts=self.policy.activity_max_attempts),
+                    ValidationReport,
                 )
             except ActivityError as err:
                 # Nothing is filed: the merchant can send the same submission again.
