@@ -9,6 +9,7 @@ from typing import Final
 
 VALIDATE_DOCUMENTS: Final = "validate_documents"
 NOTIFY_MERCHANT: Final = "notify_merchant"
+PROJECT_STATUS: Final = "project_status"
 
 OPEN_REVIEW_CASE: Final = "open_review_case"
 REQUEST_SITE_SURVEY: Final = "request_site_survey"
@@ -38,6 +39,7 @@ ENABLE_ACQUIRING: Final = "enable_acquiring"
 ALL: Final = (
     VALIDATE_DOCUMENTS,
     NOTIFY_MERCHANT,
+    PROJECT_STATUS,
     OPEN_REVIEW_CASE,
     REQUEST_SITE_SURVEY,
     ESCALATE_REVIEW,

@@ -3,26 +3,27 @@ queries and updates; every message is verified, applied at most once and kept wi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
-from sqlmodel import col, select
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.documents import validate_application
-from gateway.store import ApplicationRecord, Store
+from gateway.metrics import GatewayMetrics
+from gateway.store import ApplicationRecord, ListFilter, Store
 from schemas.application import Application, workflow_id_for
 from schemas.documents import DocumentSubmission
 from schemas.messages import (
@@ -39,7 +40,7 @@ from schemas.messages import (
     TrainingCompleted,
 )
 from schemas.policy import policy_for
-from schemas.status import OnboardingStart
+from schemas.status import OnboardingStart, Projection
 from services.signing import HEADER, SignatureError, verify
 from workers.config import DEFAULT_TASK_QUEUE, state_dir
 from workers.logging import masked
@@ -48,13 +49,17 @@ from workflows.onboarding import PosOnboarding
 
 M = TypeVar("M", bound=BaseModel)
 SERVICES = ("review", "contract", "device", "logistics")
+SIGNERS = (*SERVICES, "worker")
 
 
 @dataclass(frozen=True)
 class GatewaySettings:
     database_url: str
     task_queue: str = DEFAULT_TASK_QUEUE
-    secrets: dict[str, str] = field(default_factory=lambda: dict.fromkeys(SERVICES, "dev-secret"))
+    # Who signs what reaches the gateway: each service its callbacks, the worker its snapshots.
+    secrets: dict[str, str] = field(default_factory=lambda: dict.fromkeys(SIGNERS, "dev-secret"))
+    temporal_ui_url: str = "http://127.0.0.1:8233"
+    namespace: str = "default"
 
     @classmethod
     def from_env(cls) -> GatewaySettings:
@@ -63,8 +68,10 @@ class GatewaySettings:
             database_url=url or f"sqlite:///{state_dir() / 'gateway.db'}",
             task_queue=os.environ.get("POSFLOW_TASK_QUEUE", DEFAULT_TASK_QUEUE),
             secrets={
-                s: os.environ.get(f"POSFLOW_{s.upper()}_SECRET", "dev-secret") for s in SERVICES
+                s: os.environ.get(f"POSFLOW_{s.upper()}_SECRET", "dev-secret") for s in SIGNERS
             },
+            temporal_ui_url=os.environ.get("POSFLOW_TEMPORAL_UI_URL", "http://127.0.0.1:8233"),
+            namespace=os.environ.get("TEMPORAL_NAMESPACE", "default"),
         )
 
 
@@ -103,6 +110,12 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
     store = Store(settings.database_url)
     app = FastAPI(title="posflow gateway")
     app.state.store = store
+    metrics = GatewayMetrics(store)
+    metrics.install(app)
+
+    def record_message(**fields: Any) -> None:
+        store.record_message(**fields)
+        metrics.message(fields["source"], fields["kind"], fields["outcome"])
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, err: ApiError) -> JSONResponse:
@@ -175,7 +188,7 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
             message_id = _message_id(payload)
             ack = await run_update(application_id, lambda: apply(payload))
         except ApiError as err:
-            store.record_message(
+            record_message(
                 application_id=application_id,
                 source=source,
                 kind=kind,
@@ -190,7 +203,7 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
             )
             raise
         outcome = "duplicate" if ack.duplicate else "applied"
-        store.record_message(
+        record_message(
             application_id=application_id,
             source=source,
             kind=kind,
@@ -199,8 +212,6 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
             detail=ack.detail,
             body=masked(_safe_json(raw)),
         )
-        if ack.stage:
-            store.set_stage(application_id, ack.stage)
         return JSONResponse({"outcome": outcome, **ack.model_dump(mode="json")})
 
     # --- applications ----------------------------------------------------------------------------
@@ -260,19 +271,36 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
         return JSONResponse(body, status_code=201 if created else 200)
 
     @app.get("/api/applications")
-    async def list_applications(
-        stage: str | None = None, channel: str | None = None, limit: int = 50
-    ) -> list[dict[str, Any]]:
-        query = select(ApplicationRecord)
-        if stage:
-            query = query.where(ApplicationRecord.stage == stage)
-        if channel:
-            query = query.where(ApplicationRecord.channel == channel)
-        with store.session() as session:
-            rows = session.exec(
-                query.order_by(col(ApplicationRecord.created_at)).limit(min(limit, 500))
-            ).all()
-            return [r.model_dump(mode="json", exclude={"application"}) for r in rows]
+    async def list_applications(request: Request) -> JSONResponse:
+        """A page of applications from the projection; `X-Total-Count` says how many match."""
+        wanted = parse(ListFilter, dict(request.query_params))
+        now = datetime.now(UTC)
+        rows, total = store.page(wanted, now)
+        return JSONResponse(
+            [row.summary(now) for row in rows], headers={"X-Total-Count": str(total)}
+        )
+
+    @app.get("/api/overview")
+    async def overview(days: float = 7.0) -> JSONResponse:
+        if not 0 < days <= 366:
+            raise ApiError(
+                422, "invalid_request", "days is out of range", {"days": "between 0 and 366"}
+            )
+        now = datetime.now(UTC)
+        return JSONResponse(store.overview(now - timedelta(days=days), now).model_dump(mode="json"))
+
+    @app.post("/api/internal/projections")
+    async def project(request: Request) -> JSONResponse:
+        """A workflow's snapshot of where its application stands, signed by the worker."""
+        raw = await request.body()
+        try:
+            verify(raw, request.headers.get(HEADER), settings.secrets["worker"], int(time.time()))
+        except SignatureError as err:
+            raise ApiError(401, "bad_signature", str(err)) from err
+        snapshot = parse(Projection, await read_json(request))
+        applied, version = await asyncio.to_thread(store.apply, snapshot)
+        metrics.projection_applied(applied)
+        return JSONResponse({"applied": applied, "version": version})
 
     @app.get("/api/applications/{application_id}")
     async def status(application_id: str) -> JSONResponse:
@@ -286,7 +314,6 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
             raise ApiError(
                 503, "temporal_unavailable", "the process engine did not answer"
             ) from err
-        store.set_stage(application_id, result.stage.value)
         return JSONResponse(result.model_dump(mode="json"))
 
     @app.get("/api/applications/{application_id}/messages")
@@ -304,7 +331,7 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
                 ),
             )
         except ApiError as err:
-            store.record_message(
+            record_message(
                 application_id=application_id,
                 source="merchant",
                 kind="documents",
@@ -314,7 +341,7 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
             )
             raise
         outcome = "duplicate" if result.duplicate else "applied"
-        store.record_message(
+        record_message(
             application_id=application_id,
             source="merchant",
             kind="documents",

@@ -1,18 +1,53 @@
-"""The gateway's own records: every application and every message received, with its outcome.
+"""The gateway's own records: every application as the list pages show it, every message received
+with its outcome, and how long each application spent in each stage.
 
-They outlive Temporal's history retention: the merchant file and the audit trail stay here.
+The list and overview pages read only this store, never Temporal's visibility API (rate-limited
+on Temporal Cloud, slower with many applications). Each workflow keeps its row current: it sends
+a numbered snapshot (`schemas.status.Projection`) at every change of stage, deadline, attention
+or review round, from the same place it upserts its search attributes, and an older snapshot
+never overwrites a newer one. The records also outlive Temporal's history retention.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
+from collections import defaultdict
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import Engine
-from sqlmodel import Field, Session, SQLModel, select
+from pydantic import BaseModel
+from pydantic import Field as PydanticField
+from sqlalchemy import Engine, delete, func, inspect, or_, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Field, Session, SQLModel, col, select
 
+from schemas.application import Channel, MerchantType
+from schemas.status import Projection, Stage
 from services.base import make_engine
+from workers.logging import mask_text
+
+# The stages of the process in the order an application goes through them: the funnel.
+PROCESS = [
+    Stage.COLLECTING_DOCUMENTS,
+    Stage.SITE_SURVEY,
+    Stage.IN_REVIEW,
+    Stage.CONTRACT,
+    Stage.PREPARING_DEVICES,
+    Stage.DELIVERING,
+    Stage.ACTIVATING,
+    Stage.TRAINING,
+    Stage.GOING_LIVE,
+    Stage.LIVE,
+]
+IN_FLIGHT = [*PROCESS[:-1], Stage.CLOSING]
+ENDINGS = [Stage.LIVE, Stage.REJECTED, Stage.EXPIRED, Stage.CANCELLED]
+
+
+def utc(moment: datetime) -> datetime:
+    """Every time is kept in UTC (sqlmodel stores it so and gives it back so); a naive one is
+    taken to be UTC already."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _now() -> datetime:
@@ -25,12 +60,62 @@ class ApplicationRecord(SQLModel, table=True):
     application_id: str = Field(primary_key=True)
     workflow_id: str
     channel: str = Field(index=True)
-    merchant_type: str
+    merchant_type: str = Field(index=True)
     merchant_name: str = Field(index=True)
+    fulfilment: str = ""
     stage: str = Field(index=True)
-    application: str  # the application as submitted, JSON: the merchant file
+    stage_entered_at: datetime | None = None
+    stage_deadline: datetime | None = Field(default=None, index=True)
+    review_round: int = Field(default=1, index=True)
+    needs_attention: bool = Field(default=False, index=True)
+    attention_kind: str = ""
+    attention_reason: str = ""
+    attention_since: datetime | None = None
+    mid: str = ""
+    started_at: datetime | None = Field(default=None, index=True)
+    ended_at: datetime | None = Field(default=None, index=True)
+    outcome_reason: str = ""
+    version: int = 0  # of the last snapshot applied; 0: only the gateway's own start record
+    application: str = ""  # the application as submitted, JSON, masked: the merchant file
     created_at: datetime = Field(default_factory=_now)
     updated_at: datetime = Field(default_factory=_now)
+
+    def overdue(self, now: datetime) -> bool:
+        return (
+            self.ended_at is None
+            and self.stage_deadline is not None
+            and utc(self.stage_deadline) < utc(now)
+        )
+
+    def summary(self, now: datetime) -> dict[str, Any]:
+        """The row as the API lists it: times in UTC with their offset, and whether overdue."""
+        data = self.model_dump(mode="json", exclude={"application"})
+        for name in (
+            "stage_entered_at",
+            "stage_deadline",
+            "attention_since",
+            "started_at",
+            "ended_at",
+            "created_at",
+            "updated_at",
+        ):
+            value = getattr(self, name)
+            data[name] = utc(value).isoformat() if value else None
+        data["overdue"] = self.overdue(now)
+        return data
+
+
+class StageVisitRecord(SQLModel, table=True):
+    """One stay of one application in one stage: when it came and, once gone, how long it stayed."""
+
+    __tablename__ = "gateway_stage_visits"
+
+    application_id: str = Field(primary_key=True)
+    seq: int = Field(primary_key=True)
+    stage: str = Field(index=True)
+    entered_at: datetime
+    left_at: datetime | None = Field(default=None, index=True)
+    seconds: float | None = None
 
 
 class MessageRecord(SQLModel, table=True):
@@ -58,39 +143,352 @@ class SeenSignature(SQLModel, table=True):
     received_at: datetime = Field(default_factory=_now)
 
 
-TABLES = [ApplicationRecord, MessageRecord, SeenSignature]
+TABLES = [ApplicationRecord, StageVisitRecord, MessageRecord, SeenSignature]
+
+SortKey = Literal["deadline", "started", "updated", "stage_entered"]
+
+
+class ListFilter(BaseModel):
+    """The list's filters, as query parameters: each value is validated, never spliced into SQL."""
+
+    model_config = {"extra": "forbid"}
+
+    stage: Stage | None = None
+    channel: Channel | None = None
+    merchant_type: MerchantType | None = None
+    needs_attention: bool | None = None
+    overdue: bool | None = None
+    review_round: int | None = PydanticField(default=None, ge=1, le=20)
+    in_flight: bool | None = None
+    q: str | None = PydanticField(default=None, max_length=100)  # id or merchant name
+    sort: SortKey = "deadline"
+    limit: int = PydanticField(default=50, ge=1, le=500)
+    offset: int = PydanticField(default=0, ge=0)
+
+
+class Overview(BaseModel):
+    since: datetime
+    now: datetime
+    in_flight: dict[str, int]
+    in_flight_total: int
+    overdue: int
+    needs_attention: int
+    started: int
+    outcomes: dict[str, int]
+    funnel: dict[str, int]
+    time_in_stage: list[dict[str, Any]]
+
+
+def _percentile(values: list[float], share: float) -> float:
+    """Nearest-rank percentile of sorted `values`."""
+    index = max(0, min(len(values) - 1, round(share * len(values) + 0.5) - 1))
+    return values[index]
 
 
 class Store:
     def __init__(self, database_url: str) -> None:
         self.engine: Engine = make_engine(database_url)
         SQLModel.metadata.create_all(self.engine, tables=[t.__table__ for t in TABLES])  # type: ignore[attr-defined]
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Columns added since a store was created are added to it (all of them have defaults or
+        allow NULL), so an existing `.posflow/gateway.db` keeps working after an upgrade."""
+        inspector = inspect(self.engine)
+        with self.engine.begin() as connection:
+            for model in TABLES:
+                table = model.__table__  # type: ignore[attr-defined]
+                present = {c["name"] for c in inspector.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name in present:
+                        continue
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    default = column.default.arg if column.default is not None else None
+                    literal = (
+                        f" NOT NULL DEFAULT {json.dumps(default)}"
+                        if isinstance(default, str | int | bool) and not callable(default)
+                        else ""
+                    )
+                    connection.execute(
+                        text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{literal}')
+                    )
 
     def session(self) -> Session:
         return Session(self.engine)
 
+    # --- the application file -------------------------------------------------------------------
+
     def record_application(self, record: ApplicationRecord) -> ApplicationRecord:
+        """Keep the application as submitted; a snapshot that arrived first is left as it is."""
         with self.session() as session:
             existing = session.get(ApplicationRecord, record.application_id)
             if existing is not None:
+                if not existing.application:
+                    existing.application = record.application
+                    session.add(existing)
+                    session.commit()
+                    session.refresh(existing)
                 return existing
             session.add(record)
-            session.commit()
+            try:
+                session.commit()
+            except IntegrityError:  # the first snapshot won the race
+                session.rollback()
+                return self.record_application(record)
             session.refresh(record)
             return record
-
-    def set_stage(self, application_id: str, stage: str) -> None:
-        with self.session() as session:
-            record = session.get(ApplicationRecord, application_id)
-            if record is not None and record.stage != stage:
-                record.stage = stage
-                record.updated_at = _now()
-                session.add(record)
-                session.commit()
 
     def application(self, application_id: str) -> ApplicationRecord | None:
         with self.session() as session:
             return session.get(ApplicationRecord, application_id)
+
+    # --- the projection -------------------------------------------------------------------------
+
+    def apply(self, snapshot: Projection) -> tuple[bool, int]:
+        """Apply a workflow's snapshot unless a newer one is already here.
+
+        Returns (applied, the version now held). The version check is part of the UPDATE, so two
+        snapshots delivered at once cannot leave the older one in place.
+        """
+        values = self._values(snapshot)
+        with self.session() as session:
+            result = session.execute(
+                update(ApplicationRecord)
+                .where(col(ApplicationRecord.application_id) == snapshot.application_id)
+                .where(col(ApplicationRecord.version) < snapshot.version)
+                .values(**values)
+            )
+            applied = bool(result.rowcount)  # type: ignore[attr-defined]
+            if not applied:
+                current = session.get(ApplicationRecord, snapshot.application_id)
+                if current is not None:
+                    return False, current.version
+                session.add(ApplicationRecord(application_id=snapshot.application_id, **values))
+                try:
+                    session.flush()
+                except IntegrityError:  # created meanwhile by the start or another snapshot
+                    session.rollback()
+                    return self.apply(snapshot)
+            session.execute(
+                delete(StageVisitRecord).where(
+                    col(StageVisitRecord.application_id) == snapshot.application_id
+                )
+            )
+            for seq, visit in enumerate(snapshot.visits):
+                following = snapshot.visits[seq + 1 : seq + 2]
+                left = following[0].entered_at if following else None
+                session.add(
+                    StageVisitRecord(
+                        application_id=snapshot.application_id,
+                        seq=seq,
+                        stage=visit.stage.value,
+                        entered_at=utc(visit.entered_at),
+                        left_at=utc(left) if left else None,
+                        seconds=(left - visit.entered_at).total_seconds() if left else None,
+                    )
+                )
+            session.commit()
+            return True, snapshot.version
+
+    @staticmethod
+    def _values(snapshot: Projection) -> dict[str, Any]:
+        attention = snapshot.attention
+
+        def at(moment: datetime | None) -> datetime | None:
+            return utc(moment) if moment else None
+
+        return {
+            "workflow_id": snapshot.workflow_id,
+            "channel": snapshot.channel,
+            "merchant_type": snapshot.merchant_type,
+            "merchant_name": snapshot.merchant_name,
+            "fulfilment": snapshot.fulfilment,
+            "stage": snapshot.stage.value,
+            "stage_entered_at": at(snapshot.stage_entered_at),
+            "stage_deadline": at(snapshot.stage_deadline),
+            "review_round": snapshot.review_round,
+            "needs_attention": attention is not None,
+            "attention_kind": attention.kind.value if attention else "",
+            "attention_reason": mask_text(attention.reason) if attention else "",
+            "attention_since": at(attention.since) if attention else None,
+            "mid": snapshot.mid or "",
+            "started_at": at(snapshot.started_at),
+            "ended_at": at(snapshot.ended_at),
+            "outcome_reason": mask_text(snapshot.outcome_reason),
+            "version": snapshot.version,
+            "updated_at": _now(),
+        }
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def page(
+        self, wanted: ListFilter, now: datetime | None = None
+    ) -> tuple[list[ApplicationRecord], int]:
+        """One page of applications matching `wanted`, and how many match in all."""
+        moment = utc(now or datetime.now(UTC))
+        query = select(ApplicationRecord)
+        conditions: list[Any] = []
+        if wanted.stage is not None:
+            conditions.append(col(ApplicationRecord.stage) == wanted.stage.value)
+        if wanted.channel is not None:
+            conditions.append(col(ApplicationRecord.channel) == wanted.channel.value)
+        if wanted.merchant_type is not None:
+            conditions.append(col(ApplicationRecord.merchant_type) == wanted.merchant_type.value)
+        if wanted.needs_attention is not None:
+            conditions.append(col(ApplicationRecord.needs_attention) == wanted.needs_attention)
+        if wanted.review_round is not None:
+            conditions.append(col(ApplicationRecord.review_round) == wanted.review_round)
+        if wanted.in_flight is not None:
+            ended = col(ApplicationRecord.ended_at)
+            conditions.append(ended.is_(None) if wanted.in_flight else ended.is_not(None))
+        if wanted.overdue is not None:
+            late = (
+                col(ApplicationRecord.ended_at).is_(None)
+                & col(ApplicationRecord.stage_deadline).is_not(None)
+                & (col(ApplicationRecord.stage_deadline) < moment)
+            )
+            conditions.append(late if wanted.overdue else ~late)
+        if wanted.q:
+            term = wanted.q.strip()
+            pattern = "%" + term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            conditions.append(
+                or_(
+                    col(ApplicationRecord.application_id) == term,
+                    col(ApplicationRecord.workflow_id) == term,
+                    col(ApplicationRecord.mid) == term,
+                    col(ApplicationRecord.merchant_name).like(pattern, escape="\\"),
+                )
+            )
+        for condition in conditions:
+            query = query.where(condition)
+        orders: dict[str, list[Any]] = {
+            "deadline": [
+                col(ApplicationRecord.stage_deadline).is_(None),
+                col(ApplicationRecord.stage_deadline),
+            ],
+            "started": [col(ApplicationRecord.started_at).desc()],
+            "updated": [col(ApplicationRecord.updated_at).desc()],
+            "stage_entered": [col(ApplicationRecord.stage_entered_at)],
+        }
+        order = orders[wanted.sort]
+        counting = select(func.count()).select_from(ApplicationRecord)
+        for condition in conditions:
+            counting = counting.where(condition)
+        with self.session() as session:
+            total = session.exec(counting).one()
+            rows = session.exec(
+                query.order_by(*order, col(ApplicationRecord.application_id))
+                .offset(wanted.offset)
+                .limit(wanted.limit)
+            ).all()
+            return list(rows), int(total)
+
+    def overview(self, since: datetime, now: datetime | None = None) -> Overview:
+        """Counts and times for the overview page: what is in flight now, what ended since
+        `since`, and how long the stays in each stage that ended since then took."""
+        moment = utc(now or datetime.now(UTC))
+        start = utc(since)
+        app = ApplicationRecord
+        with self.session() as session:
+            open_ = col(app.ended_at).is_(None)
+            in_flight = dict(
+                session.exec(
+                    select(app.stage, func.count()).where(open_).group_by(col(app.stage))
+                ).all()
+            )
+            overdue = session.exec(
+                select(func.count())
+                .select_from(app)
+                .where(open_)
+                .where(col(app.stage_deadline).is_not(None))
+                .where(col(app.stage_deadline) < moment)
+            ).one()
+            attention = session.exec(
+                select(func.count())
+                .select_from(app)
+                .where(open_)
+                .where(col(app.needs_attention).is_(True))
+            ).one()
+            started = session.exec(
+                select(func.count()).select_from(app).where(col(app.started_at) >= start)
+            ).one()
+            outcomes = dict(
+                session.exec(
+                    select(app.stage, func.count())
+                    .where(col(app.ended_at) >= start)
+                    .group_by(col(app.stage))
+                ).all()
+            )
+            visit = StageVisitRecord
+            funnel = dict(
+                session.exec(
+                    select(visit.stage, func.count(func.distinct(visit.application_id)))
+                    .join(app, col(app.application_id) == col(visit.application_id))
+                    .where(col(app.started_at) >= start)
+                    .group_by(col(visit.stage))
+                ).all()
+            )
+            durations: dict[str, list[float]] = defaultdict(list)
+            for stage, seconds in session.exec(
+                select(visit.stage, visit.seconds)
+                .where(col(visit.left_at) >= start)
+                .where(col(visit.seconds).is_not(None))
+            ).all():
+                durations[stage].append(float(seconds or 0.0))
+        times = []
+        for stage in IN_FLIGHT:
+            values = sorted(durations.get(stage.value, []))
+            if values:
+                times.append(
+                    {
+                        "stage": stage.value,
+                        "visits": len(values),
+                        "median_seconds": statistics.median(values),
+                        "p90_seconds": _percentile(values, 0.9),
+                    }
+                )
+        return Overview(
+            since=start,
+            now=moment,
+            in_flight={s.value: int(in_flight.get(s.value, 0)) for s in IN_FLIGHT},
+            in_flight_total=int(sum(in_flight.values())),
+            overdue=int(overdue),
+            needs_attention=int(attention),
+            started=int(started),
+            outcomes={s.value: int(outcomes.get(s.value, 0)) for s in ENDINGS},
+            funnel={s.value: int(funnel.get(s.value, 0)) for s in PROCESS},
+            time_in_stage=times,
+        )
+
+    def gauges(self, now: datetime | None = None) -> tuple[dict[str, int], int, int]:
+        """Applications per stage (ended ones under their ending), how many in flight are past
+        their stage deadline, and how many need attention: what `/metrics` exports."""
+        moment = utc(now or datetime.now(UTC))
+        app = ApplicationRecord
+        open_ = col(app.ended_at).is_(None)
+        with self.session() as session:
+            per_stage = dict(
+                session.exec(select(app.stage, func.count()).group_by(col(app.stage))).all()
+            )
+            overdue = session.exec(
+                select(func.count())
+                .select_from(app)
+                .where(open_)
+                .where(col(app.stage_deadline) < moment)
+            ).one()
+            attention = session.exec(
+                select(func.count()).select_from(app).where(open_).where(col(app.needs_attention))
+            ).one()
+        return {k: int(v) for k, v in per_stage.items()}, int(overdue), int(attention)
+
+    def visits(self, application_id: str) -> list[StageVisitRecord]:
+        with self.session() as session:
+            query = select(StageVisitRecord).where(
+                StageVisitRecord.application_id == application_id
+            )
+            return list(session.exec(query.order_by(col(StageVisitRecord.seq))).all())
+
+    # --- messages -------------------------------------------------------------------------------
 
     def record_message(self, **fields: Any) -> None:
         body = fields.pop("body", None)
@@ -104,6 +502,16 @@ class Store:
         with self.session() as session:
             query = select(MessageRecord).where(MessageRecord.application_id == application_id)
             return list(session.exec(query.order_by(MessageRecord.id)).all())  # type: ignore[arg-type]
+
+    def message_counts(self) -> dict[tuple[str, str], int]:
+        """Messages received per (source, outcome), for the metrics."""
+        with self.session() as session:
+            rows = session.exec(
+                select(MessageRecord.source, MessageRecord.outcome, func.count()).group_by(
+                    col(MessageRecord.source), col(MessageRecord.outcome)
+                )
+            ).all()
+            return {(source, outcome): int(n) for source, outcome, n in rows}
 
     def first_use_of(self, signature: str) -> bool:
         """True the first time a signature is seen; False for a replay."""

@@ -181,3 +181,38 @@ class Outcome(Model):
     ended_at: datetime
     stage_entered: dict[str, datetime] = Field(default_factory=dict)
     compensations: list[str] = Field(default_factory=list)
+
+
+class StageVisit(Model):
+    stage: Stage
+    entered_at: datetime
+
+
+class Projection(Model):
+    """What the gateway's list pages know of an application, sent by the workflow each time any
+    of it changes. A whole snapshot, numbered: a late or repeated one never overwrites a newer."""
+
+    application_id: str
+    workflow_id: str
+    version: int
+    channel: str
+    merchant_type: str
+    merchant_name: str
+    fulfilment: str
+    stage: Stage
+    stage_entered_at: datetime
+    stage_deadline: datetime | None = None
+    review_round: int
+    attention: Attention | None = None
+    mid: str | None = None
+    started_at: datetime
+    ended_at: datetime | None = None
+    outcome_reason: str = ""
+    visits: list[StageVisit] = Field(default_factory=list)
+
+
+class ProjectionReceipt(Model):
+    """The gateway's answer: whether the snapshot was newer than what it had, and what it has."""
+
+    applied: bool
+    version: int

@@ -21,6 +21,7 @@ from activities.documents import validate_documents
 from schemas import steps
 from schemas.documents import ValidationReport
 from schemas.policy import RiskLevel
+from schemas.status import Projection, ProjectionReceipt
 
 Req = TypeVar("Req", bound=steps.Step)
 
@@ -41,6 +42,7 @@ class StandIns:
     calls: list[Call] = field(default_factory=list)
     failures: dict[str, int] = field(default_factory=dict)  # name -> failures left, -1: always
     declines: int = 0  # how many test transactions to decline before approving
+    projections: list[Projection] = field(default_factory=list)  # kept apart from `calls`
     _numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def fail(self, name: str, times: int = -1) -> None:
@@ -72,7 +74,12 @@ class StandIns:
         self.calls.append(Call(name, request))
         return next(self._numbers)
 
-    def activities(self) -> list[Callable[..., Any]]:
+    def latest_projection(self, application_id: str) -> Projection:
+        mine = [p for p in self.projections if p.application_id == application_id]
+        return max(mine, key=lambda p: p.version)
+
+    def activities(self, *, projection: bool = True) -> list[Callable[..., Any]]:
+        """Every activity; `projection=False` leaves `project_status` to a real gateway."""
         s = self
 
         def answer(
@@ -104,7 +111,13 @@ class StandIns:
             s._record(catalog.VALIDATE_DOCUMENTS, request)
             return await validate_documents(request)  # the real rules: they are pure
 
+        @activity.defn(name=catalog.PROJECT_STATUS)
+        async def project(snapshot: Projection) -> ProjectionReceipt:
+            s.projections.append(snapshot)
+            return ProjectionReceipt(applied=True, version=snapshot.version)
+
         return [
+            *([project] if projection else []),
             validate,
             answer(
                 catalog.NOTIFY_MERCHANT,

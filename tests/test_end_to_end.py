@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlmodel import select
+from temporalio.client import Client
 
 from gateway.app import GatewaySettings, create_app
 from schemas.application import Application
@@ -59,6 +60,7 @@ class Stack:
     services: dict[str, Service]
     served: dict[str, Served]
     ports: dict[str, int]
+    client: Client
 
     async def start(self, app: Application) -> None:
         body = {**app.model_dump(mode="json"), "policy": FAST_POLICY}
@@ -137,6 +139,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         {f"POSFLOW_{n.upper()}_URL": f"http://127.0.0.1:{ports[n]}" for n in SERVICES}
     )
     os.environ["POSFLOW_HOME"] = str(home)
+    os.environ["POSFLOW_GATEWAY_URL"] = gateway_url
     server = DevServer(
         port=free_port(), ui_port=free_port(), headless=True, db_file=home / "temporal.db"
     )
@@ -170,7 +173,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     )
     served["gateway"] = await serve("gateway", gateway_app, ports["gateway"])
     async with httpx.AsyncClient(base_url=gateway_url, timeout=30) as http:
-        yield Stack(http, services, served, ports)
+        yield Stack(http, services, served, ports, client)
     await stop_all(list(served.values()))
     stop.set()
     await worker
@@ -198,6 +201,12 @@ async def test_an_application_goes_live_through_http_alone(stack: Stack) -> None
         "install_address": app.delivery_address().one_line(),
     }
     assert account.account_number not in json.dumps(terminal, ensure_ascii=False)
+    # The list pages learn the ending from the workflow itself, before it completes.
+    handle = stack.client.get_workflow_handle(app.workflow_id)
+    await handle.result()
+    rows = (await stack.gateway.get("/api/applications", params={"q": app.application_id})).json()
+    assert [(r["stage"], r["mid"]) for r in rows] == [("live", status["mid"])]
+    assert rows[0]["ended_at"] and not rows[0]["needs_attention"]
     messages = (await stack.gateway.get(f"/api/applications/{app.application_id}/messages")).json()
     kinds = {m["kind"] for m in messages if m["outcome"] == "applied"}
     assert {

@@ -14,9 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
 from temporalio.testing import WorkflowEnvironment
 
-from gateway.app import GatewaySettings, create_app
+from activities.projection import ProjectionActivities
+from gateway.app import SIGNERS, GatewaySettings, create_app
 from schemas.documents import DocumentKind
 from services.signing import HEADER, sign
 from tests.factories import individual_application, valid_documents
@@ -30,6 +33,7 @@ SECRET = "review-secret"
 @dataclass
 class Api:
     http: httpx.AsyncClient
+    env: WorkflowEnvironment
 
     async def signed(
         self, path: str, body: dict[str, Any], secret: str = SECRET, timestamp: int | None = None
@@ -53,14 +57,18 @@ async def api(env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Api]:
     settings = GatewaySettings(
         database_url=f"sqlite:///{tmp_path / 'gateway.db'}",
         task_queue=queue,
-        secrets={s: f"{s}-secret" for s in ("review", "contract", "device", "logistics")},
+        secrets={s: f"{s}-secret" for s in SIGNERS},
     )
-    async with (
-        build_worker(env.client, queue, StandIns().activities()),
-        serving(create_app(env.client, settings)) as url,
-        httpx.AsyncClient(base_url=url, timeout=20) as http,
-    ):
-        yield Api(http)
+    async with serving(create_app(env.client, settings)) as url:
+        # Snapshots reach the list over HTTP from the real activity, as in production.
+        projection = ProjectionActivities(base_url=url, secret="worker-secret")
+        activities = [*StandIns().activities(projection=False), projection.project_status]
+        async with (
+            build_worker(env.client, queue, activities),
+            httpx.AsyncClient(base_url=url, timeout=20) as http,
+        ):
+            yield Api(http, env)
+        await projection.aclose()
 
 
 def application_body(**overrides: Any) -> dict[str, Any]:
@@ -186,3 +194,96 @@ async def test_cancel_and_unknown_application(api: Api) -> None:
     assert missing.status_code == 404 and missing.json()["error"] == "unknown_application"
     malformed = await api.http.post(f"/api/applications/{app_id}/cancel", json={"reason": 3})
     assert malformed.status_code == 422 and "request_id" in malformed.json()["fields"]
+
+
+async def listed(api: Api, **params: Any) -> list[str]:
+    response = await api.http.get("/api/applications", params=params)
+    assert response.status_code == 200, response.text
+    return [row["application_id"] for row in response.json()]
+
+
+async def until_listed(api: Api, app_id: str, **params: Any) -> None:
+    for _ in range(500):
+        if app_id in await listed(api, **params):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{app_id} never listed with {params}")
+
+
+async def test_the_list_follows_each_stage_change_and_agrees_with_visibility(api: Api) -> None:
+    body = application_body()
+    app_id = body["application_id"]
+    await api.http.post("/api/applications", json=body)
+    await until_listed(api, app_id, stage="collecting_documents", overdue="false")
+    app = individual_application(application_id=app_id)
+    docs = [d.model_dump(mode="json") for d in valid_documents(app)]
+    submitted = await api.http.post(
+        f"/api/applications/{app_id}/documents", json={"submission_id": "s1", "documents": docs}
+    )
+    assert submitted.status_code == 200, submitted.text
+    await until_listed(api, app_id, stage="in_review")
+    assert app_id not in await listed(api, stage="collecting_documents")
+    # The same stage in the list, the status query and the search attribute operators filter on.
+    status = (await api.http.get(f"/api/applications/{app_id}")).json()
+    description = await api.env.client.workflow_service.describe_workflow_execution(
+        DescribeWorkflowExecutionRequest(
+            namespace=api.env.client.namespace,
+            execution=WorkflowExecution(workflow_id=f"pos-application-{app_id}"),
+        )
+    )
+    fields = description.workflow_execution_info.search_attributes.indexed_fields
+    row = next(r for r in (await api.http.get("/api/applications", params={"q": app_id})).json())
+    assert row["stage"] == status["stage"] == json.loads(fields["PosStage"].data) == "in_review"
+    assert row["review_round"] == status["round"] == 1
+    assert row["stage_deadline"] is not None and row["overdue"] is False
+
+
+async def test_the_list_refuses_a_bad_filter_by_name(api: Api) -> None:
+    response = await api.http.get("/api/applications", params={"stage": "on_the_moon"})
+    assert response.status_code == 422
+    assert set(response.json()["fields"]) == {"stage"}
+    response = await api.http.get("/api/applications", params={"limit": "0", "color": "red"})
+    assert response.status_code == 422
+    assert set(response.json()["fields"]) == {"limit", "color"}
+
+
+async def test_snapshots_must_be_signed_by_the_worker(api: Api) -> None:
+    body = application_body()
+    app_id = body["application_id"]
+    await api.http.post("/api/applications", json=body)
+    await until_listed(api, app_id, stage="collecting_documents")
+    forged = {
+        "application_id": app_id,
+        "workflow_id": f"pos-application-{app_id}",
+        "version": 10_000,
+        "channel": "bank",
+        "merchant_type": "individual",
+        "merchant_name": "x",
+        "fulfilment": "mail",
+        "stage": "live",
+        "stage_entered_at": "2026-01-01T00:00:00Z",
+        "review_round": 1,
+        "started_at": "2026-01-01T00:00:00Z",
+    }
+    for secret in ("review-secret", "wrong"):
+        response = await api.signed("/api/internal/projections", forged, secret=secret)
+        assert response.status_code == 401
+    assert app_id in await listed(api, stage="collecting_documents")
+
+
+async def test_metrics_count_stages_and_messages(api: Api) -> None:
+    body = application_body()
+    app_id = body["application_id"]
+    await api.http.post("/api/applications", json=body)
+    await until_listed(api, app_id, stage="collecting_documents", overdue="false")
+    cancel = {"request_id": "cx-9", "reason": "changed my mind", "requested_by": "merchant"}
+    cancelled = await api.http.post(f"/api/applications/{app_id}/cancel", json=cancel)
+    assert cancelled.status_code == 200, cancelled.text
+    await until_listed(api, app_id, stage="cancelled")
+    text = (await api.http.get("/metrics")).text
+    assert 'posflow_applications{stage="cancelled"} 1.0' in text
+    assert "posflow_applications_overdue 0.0" in text
+    assert (
+        'posflow_gateway_messages_total{kind="cancel",outcome="applied",source="merchant"}' in text
+    )
+    assert 'posflow_gateway_request_seconds_count{method="POST",route="/api/applications"' in text

@@ -32,6 +32,7 @@ def worker_activities() -> list[Callable[..., Any]]:
     from activities.contract import contract_activities
     from activities.device import device_activities
     from activities.logistics import logistics_activities
+    from activities.projection import ProjectionActivities
     from activities.review import review_activities
 
     services: list[object] = [
@@ -39,6 +40,7 @@ def worker_activities() -> list[Callable[..., Any]]:
         contract_activities(),
         device_activities(),
         logistics_activities(),
+        ProjectionActivities(),
     ]
     return [
         validate_documents,

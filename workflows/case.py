@@ -12,9 +12,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import SearchAttributeUpdate
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ApplicationError
 
+from activities import catalog
 from activities.documents import required_documents
 from schemas.documents import Document, DocumentKind, FieldIssue
 from schemas.messages import (
@@ -40,14 +41,20 @@ from schemas.status import (
     DocumentState,
     Installation,
     OnboardingStart,
+    Projection,
+    ProjectionReceipt,
     ReviewRound,
     ReviewState,
     Shipment,
     Stage,
+    StageVisit,
     Terminal,
     TimelineEvent,
 )
 from workflows import search_attributes as sa
+
+# Workflows started before the gateway's projection existed replay without sending snapshots.
+PROJECTION_PATCH = "project-status-to-gateway"
 
 # China has no daylight saving time: a fixed offset gives the merchant's calendar date.
 CHINA = timezone(timedelta(hours=8), "CST")
@@ -114,6 +121,7 @@ class Case:
     admin_verb: str | None = None
     cancel: CancelRequest | None = None
     closing: bool = False
+    ending_reason: str = ""
     timeline: list[TimelineEvent] = field(default_factory=list)
     stage_entered: dict[str, datetime] = field(default_factory=dict)
     acks: dict[str, Ack] = field(default_factory=dict)
@@ -121,6 +129,8 @@ class Case:
     compensated: list[str] = field(default_factory=list)
     notices_sent: int = 0
     _published: dict[str, Any] = field(default_factory=dict)
+    _projected: Projection | None = None
+    projections: list[workflow.ActivityHandle[ProjectionReceipt]] = field(default_factory=list)
 
     # --- the record ---------------------------------------------------------------------------
 
@@ -187,6 +197,67 @@ class Case:
             self._published[key.name] = value
         if updates:
             workflow.upsert_search_attributes(updates)
+        self.project()
+
+    def projection(self, version: int) -> Projection:
+        app = self.start.application
+        return Projection(
+            application_id=app.application_id,
+            workflow_id=app.workflow_id,
+            version=version,
+            channel=app.channel.value,
+            merchant_type=app.merchant.merchant_type.value,
+            merchant_name=app.merchant.name,
+            fulfilment=app.fulfilment.value,
+            stage=self.stage,
+            stage_entered_at=self.stage_entered_at,
+            stage_deadline=self.deadlines.stage_deadline,
+            review_round=self.round,
+            attention=self.attention,
+            mid=self.mid,
+            started_at=self.started_at,
+            ended_at=self.stage_entered_at if self.stage.finished else None,
+            outcome_reason=self.ending_reason if self.stage.finished else "",
+            visits=[
+                StageVisit(stage=Stage(e.detail), entered_at=e.at)
+                for e in self.timeline
+                if e.kind == "stage_entered"
+            ],
+        )
+
+    def project(self) -> None:
+        """Send the gateway's list pages a snapshot when what they show has changed: from the
+        same place as the search attributes, so the two cannot tell different stories."""
+        if not workflow.patched(PROJECTION_PATCH):
+            return
+        previous = self._projected
+        snapshot = self.projection(previous.version + 1 if previous else 1)
+        if (
+            previous is not None
+            and previous.model_copy(update={"version": snapshot.version}) == snapshot
+        ):
+            return
+        self._projected = snapshot
+        policy = self.start.policy
+        self.projections = [h for h in self.projections if not h.done()]
+        self.projections.append(
+            workflow.start_activity(
+                catalog.PROJECT_STATUS,
+                snapshot,
+                result_type=ProjectionReceipt,
+                start_to_close_timeout=policy.activity_timeout,
+                retry_policy=RetryPolicy(
+                    initial_interval=policy.activity_retry_interval,
+                    maximum_interval=policy.activity_retry_max_interval,
+                    maximum_attempts=0,  # until delivered: see activities/projection.py
+                ),
+                summary=f"project {self.stage.value}",
+            )
+        )
+
+    def projected(self) -> bool:
+        """Every snapshot delivered: the workflow may end."""
+        return all(h.done() for h in self.projections)
 
     def outstanding(self) -> list[DocumentKind]:
         needed = required_documents(self.start.application, self.requested_documents)

@@ -598,7 +598,7 @@ class PosOnboarding:
         case.enter(Stage.LIVE)
         case.event("went_live", case.mid)
         await self.notify(steps.Notice.WENT_LIVE, f"MID {case.mid}")
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        await self.settle()
         return self.outcome(Stage.LIVE, "", went_live_at=enabled.enabled_at)
 
     async def close(self, end: Ended) -> Outcome:
@@ -606,6 +606,7 @@ class PosOnboarding:
         case = self.case
         case.closing = True
         self.closing_reason = f"{end.stage.value}: {end.reason}"
+        case.ending_reason = end.reason
         case.attention = None
         case.enter(Stage.CLOSING)
         case.event("closing", end.reason, outcome=end.stage.value)
@@ -619,8 +620,14 @@ class PosOnboarding:
             Stage.REJECTED: steps.Notice.REJECTED,
         }[end.stage]
         await self.notify(notice, end.reason)
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        await self.settle()
         return self.outcome(end.stage, end.reason)
+
+    async def settle(self) -> None:
+        """Before the workflow ends: every message handled and every snapshot delivered."""
+        await workflow.wait_condition(
+            lambda: workflow.all_handlers_finished() and self.case.projected()
+        )
 
     def outcome(self, stage: Stage, reason: str, went_live_at: datetime | None = None) -> Outcome:
         case = self.case
