@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -22,6 +23,8 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.documents import validate_application
+from gateway.auth import Authority, tokens_from_env
+from gateway.dashboard import install_dashboard
 from gateway.metrics import GatewayMetrics
 from gateway.store import ApplicationRecord, ListFilter, Store
 from schemas.application import Application, workflow_id_for
@@ -60,6 +63,8 @@ class GatewaySettings:
     secrets: dict[str, str] = field(default_factory=lambda: dict.fromkeys(SIGNERS, "dev-secret"))
     temporal_ui_url: str = "http://127.0.0.1:8233"
     namespace: str = "default"
+    tokens: dict[str, str] = field(default_factory=dict)  # bearer token -> role; none: open
+    refresh_seconds: int = 10  # how often dashboard pages refresh themselves
 
     @classmethod
     def from_env(cls) -> GatewaySettings:
@@ -72,6 +77,7 @@ class GatewaySettings:
             },
             temporal_ui_url=os.environ.get("POSFLOW_TEMPORAL_UI_URL", "http://127.0.0.1:8233"),
             namespace=os.environ.get("TEMPORAL_NAMESPACE", "default"),
+            tokens=tokens_from_env(),
         )
 
 
@@ -112,6 +118,16 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
     app.state.store = store
     metrics = GatewayMetrics(store)
     metrics.install(app)
+
+    authority = Authority(settings.tokens)
+
+    def authorize(request: Request, needed: str) -> str:
+        role = authority.api_role(request)
+        if role is None:
+            raise ApiError(401, "unauthenticated", "a bearer token is required")
+        if not authority.allows(role, needed):
+            raise ApiError(403, "forbidden", f"this call needs the {needed} role")
+        return role
 
     def record_message(**fields: Any) -> None:
         store.record_message(**fields)
@@ -161,6 +177,40 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
                 503, "temporal_unavailable", "the process engine did not answer"
             ) from err
 
+    async def deliver(
+        application_id: str,
+        source: str,
+        kind: str,
+        payload: M,
+        apply: Callable[[M], Awaitable[Ack]],
+        audit_body: Any,
+    ) -> tuple[str, Ack]:
+        """Apply one parsed message and keep it with its outcome: (applied|duplicate, the ack)."""
+        try:
+            ack = await run_update(application_id, lambda: apply(payload))
+        except ApiError as err:
+            record_message(
+                application_id=application_id,
+                source=source,
+                kind=kind,
+                message_id=_message_id(payload),
+                outcome=_outcome_of(err),
+                detail=f"{err.error}: {err.message}",
+                body=audit_body,
+            )
+            raise
+        outcome = "duplicate" if ack.duplicate else "applied"
+        record_message(
+            application_id=application_id,
+            source=source,
+            kind=kind,
+            message_id=ack.message_id,
+            outcome=outcome,
+            detail=ack.detail,
+            body=audit_body,
+        )
+        return outcome, ack
+
     async def message(
         request: Request,
         application_id: str,
@@ -172,7 +222,6 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
     ) -> JSONResponse:
         """Verify, parse and apply one message; keep it with its outcome whatever happens."""
         raw = await request.body()
-        message_id = ""
         try:
             if signed_by is not None:
                 header = request.headers.get(HEADER)
@@ -185,32 +234,18 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
                         401, "replayed_signature", "this signed message was already received"
                     )
             payload = parse(model, await read_json(request))
-            message_id = _message_id(payload)
-            ack = await run_update(application_id, lambda: apply(payload))
         except ApiError as err:
             record_message(
                 application_id=application_id,
                 source=source,
                 kind=kind,
-                message_id=message_id,
-                outcome="refused"
-                if err.status == 409
-                else "invalid"
-                if err.status < 500
-                else "failed",
+                outcome=_outcome_of(err),
                 detail=f"{err.error}: {err.message}",
                 body=masked(_safe_json(raw)),
             )
             raise
-        outcome = "duplicate" if ack.duplicate else "applied"
-        record_message(
-            application_id=application_id,
-            source=source,
-            kind=kind,
-            message_id=ack.message_id,
-            outcome=outcome,
-            detail=ack.detail,
-            body=masked(_safe_json(raw)),
+        outcome, ack = await deliver(
+            application_id, source, kind, payload, apply, masked(_safe_json(raw))
         )
         return JSONResponse({"outcome": outcome, **ack.model_dump(mode="json")})
 
@@ -273,6 +308,7 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
     @app.get("/api/applications")
     async def list_applications(request: Request) -> JSONResponse:
         """A page of applications from the projection; `X-Total-Count` says how many match."""
+        authorize(request, "viewer")
         wanted = parse(ListFilter, dict(request.query_params))
         now = datetime.now(UTC)
         rows, total = store.page(wanted, now)
@@ -281,7 +317,8 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
         )
 
     @app.get("/api/overview")
-    async def overview(days: float = 7.0) -> JSONResponse:
+    async def overview(request: Request, days: float = 7.0) -> JSONResponse:
+        authorize(request, "viewer")
         if not 0 < days <= 366:
             raise ApiError(
                 422, "invalid_request", "days is out of range", {"days": "between 0 and 366"}
@@ -317,7 +354,8 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
         return JSONResponse(result.model_dump(mode="json"))
 
     @app.get("/api/applications/{application_id}/messages")
-    async def messages(application_id: str) -> list[dict[str, Any]]:
+    async def messages(application_id: str, request: Request) -> list[dict[str, Any]]:
+        authorize(request, "viewer")
         return [m.model_dump(mode="json") for m in store.messages(application_id)]
 
     @app.post("/api/applications/{application_id}/documents")
@@ -366,9 +404,17 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
     # --- callbacks from the services (signed) and actions by people ------------------------------
 
     def route(
-        path: str, source: str, kind: str, model: type[M], update: Any, signed_by: str | None
+        path: str,
+        source: str,
+        kind: str,
+        model: type[M],
+        update: Any,
+        signed_by: str | None,
+        role: str | None = None,
     ) -> None:
         async def endpoint(application_id: str, request: Request) -> JSONResponse:
+            if role is not None:
+                authorize(request, role)
             return await message(
                 request,
                 application_id,
@@ -438,6 +484,7 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
         AdminAction,
         PosOnboarding.retry,
         None,
+        role="admin",
     )
     route(
         "/api/admin/applications/{application_id}/skip",
@@ -446,6 +493,7 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
         AdminAction,
         PosOnboarding.skip,
         None,
+        role="admin",
     )
 
     @app.post(f"{base}/shipment-scans", status_code=202)
@@ -460,7 +508,44 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
             request, application_id, "logistics", "shipment_scan", ShipmentScan, signal, "logistics"
         )
 
+    # --- the dashboard ---------------------------------------------------------------------------
+
+    async def status_of(application_id: str) -> tuple[dict[str, Any] | None, str]:
+        try:
+            result = await handle(application_id).query(PosOnboarding.status)
+        except RPCError as err:
+            if err.status is RPCStatusCode.NOT_FOUND:
+                return None, "The process engine no longer holds this workflow (retention ended)."
+            return None, "The process engine did not answer."
+        return result.model_dump(mode="json"), ""
+
+    updates: dict[str, Any] = {"cancel": PosOnboarding.cancel, "retry": PosOnboarding.retry}
+
+    async def act(application_id: str, verb: str, source: str, payload: Any) -> tuple[str, Ack]:
+        update = updates[verb]
+        return await deliver(
+            application_id,
+            source,
+            verb,
+            payload,
+            lambda m: handle(application_id).execute_update(update, m),
+            masked(payload.model_dump(mode="json")),
+        )
+
+    def workflow_url(workflow_id: str) -> str:
+        return (
+            f"{settings.temporal_ui_url.rstrip('/')}/namespaces/{quote(settings.namespace)}"
+            f"/workflows/{quote(workflow_id, safe='')}"
+        )
+
+    install_dashboard(app, store, authority, status_of, act, workflow_url, settings.refresh_seconds)
     return app
+
+
+def _outcome_of(err: ApiError) -> str:
+    if err.status == 409:
+        return "refused"
+    return "invalid" if err.status < 500 else "failed"
 
 
 def _safe_json(raw: bytes) -> Any:

@@ -84,3 +84,7 @@ async def env(real_server: WorkflowEnvironment | None) -> AsyncIterator[Workflow
 def unit(env: WorkflowEnvironment) -> timedelta:
     """One "day" of the test policies: a real day where time skips, a second on a real server."""
     return timedelta(days=1) if env.supports_time_skipping else timedelta(seconds=1)
+
+
+# The real stack, shared by the end-to-end and browser tests (started only when one asks for it).
+from tests.stack import stack  # noqa: E402, F401

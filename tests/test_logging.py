@@ -157,3 +157,18 @@ async def test_a_notice_is_recorded_and_a_retry_yields_the_same_id() -> None:
     assert sent[0]["notice"] == "documents_incomplete"
     assert sent[0]["detail"] == "business licence expired"
     assert sent[0]["notification_id"] == first.notification_id
+
+
+def test_operational_identifiers_stay_whole_while_personal_numbers_are_masked() -> None:
+    status = {
+        "mid": "898662862827037",
+        "terminals": [{"serial": "LKL20261123000001", "tid": "T1234567"}],
+        "shipment": {"tracking_number": "SF1234567890123"},
+        "settlement_account_number": ACCOUNT,
+        "detail": f"refund to {ACCOUNT}",
+    }
+    shown = masked(**status)
+    assert shown["mid"] == "898662862827037"
+    assert shown["terminals"] == [{"serial": "LKL20261123000001", "tid": "T1234567"}]
+    assert shown["shipment"]["tracking_number"] == "SF1234567890123"
+    assert ACCOUNT not in str(shown) and shown["settlement_account_number"].endswith("0123")

@@ -32,6 +32,9 @@ PERSONAL_KEYS = ("id_number", "account_number", "card_number", "mobile")
 # A document's `number` is an ID, licence or account number: masked only inside a document, so
 # counters and other innocent `number` fields stay readable.
 DOCUMENT_NUMBER_KEY = "number"
+# The acquirer's and the carrier's own identifiers: what operators look cases up by, not personal
+# data, so long digit runs under these keys are left whole (free text is still masked).
+OPERATIONAL_KEYS = frozenset({"mid", "tid", "serial", "tracking_number", "workflow_id"})
 
 # 17 digits and a check character (digit or X): the shape of a resident identity card number.
 _RESIDENT_ID = re.compile(r"(?<!\d)(\d{3})\d{11}(\d{3}[0-9Xx])(?!\d)")
@@ -77,6 +80,8 @@ def _mask(value: Any, *, in_document: bool = False) -> Any:
 
 def _mask_item(key: str, item: Any, in_document: bool) -> Any:
     if item is None or item == "":
+        return item
+    if key.lower() in OPERATIONAL_KEYS and isinstance(item, str):
         return item
     if _is_personal_key(key) or (in_document and key == DOCUMENT_NUMBER_KEY):
         return mask_number(item)
