@@ -116,5 +116,15 @@ class Application(Model):
         return self.installation_address or self.merchant.address
 
 
+WORKFLOW_ID_PREFIX = "pos-application-"
+
+
 def workflow_id_for(application_id: str) -> str:
-    return f"pos-application-{application_id}"
+    return f"{WORKFLOW_ID_PREFIX}{application_id}"
+
+
+def application_id_of(workflow_id: str | None) -> str | None:
+    """The application an onboarding workflow runs, from its id; None for any other workflow."""
+    if workflow_id and workflow_id.startswith(WORKFLOW_ID_PREFIX):
+        return workflow_id[len(WORKFLOW_ID_PREFIX) :]
+    return None

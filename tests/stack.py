@@ -56,6 +56,7 @@ class Stack:
     ports: dict[str, int]
     client: Client
     home: Path  # the session's state: each service's and the gateway's database
+    worker_metrics: str  # the worker's Prometheus endpoint
 
     async def start(self, app: Application) -> None:
         body = {**app.model_dump(mode="json"), "policy": FAST_POLICY}
@@ -111,6 +112,14 @@ class Stack:
                 )
                 assert response.is_success, response.text
 
+    async def go_live(self, app: Application) -> dict[str, Any]:
+        """Start `app`, file its documents, activate its terminals; its status once live."""
+        await self.start(app)
+        response = await self.submit(app)
+        assert response.status_code == 200, response.text
+        await self.activate_terminals(app)
+        return await self.until(app, "live")
+
     async def restart(self, name: str) -> None:
         await stop_all([self.served[name]])
         self.served[name] = await serve(name, self.services[name].app, self.ports[name])
@@ -139,7 +148,9 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         port=free_port(), ui_port=free_port(), headless=True, db_file=home / "temporal.db"
     )
     await server.start()
-    settings = TemporalSettings(address=server.address, task_queue="e2e")
+    settings = TemporalSettings(
+        address=server.address, task_queue="e2e", metrics_address=f"127.0.0.1:{free_port()}"
+    )
     stop, ready = asyncio.Event(), asyncio.Event()
     worker = asyncio.create_task(run_worker(settings, ready=ready, stop=stop))
     await ready.wait()
@@ -168,7 +179,15 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     )
     served["gateway"] = await serve("gateway", gateway_app, ports["gateway"])
     async with httpx.AsyncClient(base_url=gateway_url, timeout=30) as http:
-        yield Stack(http, services, served, ports, client, home)
+        yield Stack(
+            http,
+            services,
+            served,
+            ports,
+            client,
+            home,
+            f"http://{settings.metrics_address}/metrics",
+        )
     await stop_all(list(served.values()))
     stop.set()
     await worker

@@ -69,14 +69,6 @@ class Target:
     waiting: list[Application]  # in flight, waiting for documents
 
 
-async def _go_live(stack: Stack, app: Application) -> str:
-    await stack.start(app)
-    await stack.submit(app)
-    await stack.activate_terminals(app)
-    status = await stack.until(app, "live")
-    return str(status["mid"])
-
-
 @pytest.fixture(scope="session")
 def own_stack(request: pytest.FixtureRequest) -> Stack | None:
     """The session's stack, unless the tests look at one already running."""
@@ -100,7 +92,7 @@ async def target(own_stack: Stack | None) -> AsyncIterator[Target]:
         return
     stack = own_stack
     live = [new_application() for _ in range(2)]
-    mids = await asyncio.gather(*(_go_live(stack, app) for app in live))
+    mids = [s["mid"] for s in await asyncio.gather(*(stack.go_live(app) for app in live))]
     waiting = [new_application() for _ in range(2)]
     for app in waiting:
         await stack.start(app)

@@ -12,6 +12,7 @@ import asyncio
 import json
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import select
 
 from services import device, logistics
@@ -55,6 +56,47 @@ async def test_an_application_goes_live_through_http_alone(stack: Stack) -> None
         "terminal_activated",
         "training_completed",
     } <= kinds
+
+
+def samples(text: str, name: str, **labels: str) -> float:
+    """The sum of a Prometheus metric's samples whose labels include `labels`."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                total += sample.value
+    return total
+
+
+async def test_the_worker_and_the_gateway_count_what_happened(stack: Stack) -> None:
+    async with httpx.AsyncClient() as http:
+        before = (await http.get(stack.worker_metrics)).text
+        app = new_application()
+        await stack.go_live(app)
+        await stack.client.get_workflow_handle(app.workflow_id).result()
+        worker = (await http.get(stack.worker_metrics)).text
+    channel = app.channel.value
+
+    def went(text: str, **labels: str) -> float:
+        return samples(text, "posflow_stage_transitions_total", channel=channel, **labels)
+
+    # posflow's own stage metrics, recorded by the workflow through the SDK's meter...
+    assert went(worker, to_stage="live") == went(before, to_stage="live") + 1
+    assert went(worker, from_stage="training", to_stage="going_live") >= 1
+    in_review = samples(
+        worker, "posflow_time_in_stage_seconds_count", stage="in_review", channel=channel
+    )
+    assert in_review >= 1 + samples(
+        before, "posflow_time_in_stage_seconds_count", stage="in_review", channel=channel
+    )
+    # ...beside the SDK's runtime metrics of the same worker.
+    assert samples(worker, "temporal_workflow_completed_total", task_queue="e2e") >= 1
+    assert samples(worker, "temporal_activity_execution_latency_count", task_queue="e2e") >= 10
+
+    gateway = (await stack.gateway.get("/metrics")).text
+    assert samples(gateway, "posflow_applications", stage="live") >= 1
+    assert samples(gateway, "posflow_gateway_messages_total", kind="documents") >= 1
+    assert samples(gateway, "posflow_gateway_request_seconds_count", route="/api/applications") >= 1
 
 
 async def test_a_wrong_check_character_gets_422_and_the_application_waits(stack: Stack) -> None:

@@ -14,10 +14,8 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowHistory
-from temporalio.worker import Replayer
 
-from workers.temporal import DATA_CONVERTER
-from workflows.onboarding import PosOnboarding
+from workers.temporal import build_replayer
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 GOLDEN = sorted(GOLDEN_DIR.rglob("*.json"))
@@ -56,6 +54,6 @@ def test_every_path_has_a_golden_history(generation: str) -> None:
 async def test_golden_history_replays(path: Path) -> None:
     text = await asyncio.to_thread(path.read_text)
     history = WorkflowHistory.from_json(f"pos-application-{path.stem}", text)
-    replayer = Replayer(workflows=[PosOnboarding], data_converter=DATA_CONVERTER)
+    replayer = build_replayer()
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{path.stem}: {result.replay_failure}"

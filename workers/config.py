@@ -18,6 +18,9 @@ class TemporalSettings:
     tls_cert: Path | None = None  # mTLS client certificate and key, for a self-hosted cluster
     tls_key: Path | None = None
     tls_ca: Path | None = None
+    # host:port where this process's Temporal clients and workers serve Prometheus `/metrics`
+    # (the SDK's runtime metrics and posflow's stage metrics); None: not served.
+    metrics_address: str | None = None
 
     @classmethod
     def from_env(cls) -> TemporalSettings:
@@ -33,6 +36,7 @@ class TemporalSettings:
             tls_cert=path("TEMPORAL_TLS_CERT"),
             tls_key=path("TEMPORAL_TLS_KEY"),
             tls_ca=path("TEMPORAL_TLS_CA"),
+            metrics_address=os.environ.get("POSFLOW_WORKER_METRICS") or None,
         )
 
 

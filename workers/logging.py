@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel
 from structlog.typing import EventDict, Processor, WrappedLogger
+from temporalio import activity, workflow
 from temporalio.runtime import (
     LogForwardingConfig,
     LoggingConfig,
@@ -25,6 +26,8 @@ from temporalio.runtime import (
     TelemetryConfig,
     TelemetryFilter,
 )
+
+from schemas.application import application_id_of
 
 # Keys whose whole value is a personal number, wherever they appear (also as a suffix:
 # `settlement_account_number`, `contact_mobile`).
@@ -100,6 +103,29 @@ def mask_personal_data(_logger: WrappedLogger, _method: str, event_dict: EventDi
     return masked
 
 
+def add_temporal_context(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: the details the Temporal SDK's workflow and activity loggers attach
+    (`temporal_workflow`, `temporal_activity`) become the same flat fields the rest of posflow
+    logs: `workflow_id`, `run_id`, `activity`, `attempt`, and the `application_id` they imply."""
+    for key in ("temporal_workflow", "temporal_activity"):
+        details = event_dict.pop(key, None)
+        if not isinstance(details, Mapping):
+            continue
+        for source, target in (
+            ("workflow_id", "workflow_id"),
+            ("run_id", "run_id"),
+            ("activity_type", "activity"),
+            ("attempt", "attempt"),
+            ("update_name", "update"),
+        ):
+            if details.get(source) is not None:
+                event_dict.setdefault(target, details[source])
+    application = application_id_of(event_dict.get("workflow_id"))
+    if application is not None:
+        event_dict.setdefault("application_id", application)
+    return event_dict
+
+
 def _use_json() -> bool:
     setting = os.environ.get("POSFLOW_LOG_FORMAT", "").strip().lower()
     if setting in ("json", "console"):
@@ -118,6 +144,9 @@ def configure_logging(json: bool | None = None, level: int | str = logging.INFO)
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
+        # `extra=` of standard-library calls (the workflow logger's application, stage...).
+        structlog.stdlib.ExtraAdder(),
+        add_temporal_context,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
         # Tracebacks become text before masking: an exception message may quote a number.
@@ -148,10 +177,21 @@ def configure_logging(json: bool | None = None, level: int | str = logging.INFO)
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level)
+    # The ids go into fields (above), not onto the end of every message.
+    workflow.logger.workflow_info_on_message = False
+    activity.logger.activity_info_on_message = False
     _forward_temporal_core_logs()
 
 
 _core_logs_forwarded = False
+
+
+def core_logging() -> LoggingConfig:
+    """The Temporal core's log lines, forwarded to the standard library's `temporalio.core`."""
+    return LoggingConfig(
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+        forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+    )
 
 
 def _forward_temporal_core_logs() -> None:
@@ -165,13 +205,6 @@ def _forward_temporal_core_logs() -> None:
     global _core_logs_forwarded
     if _core_logs_forwarded:
         return
-    runtime = Runtime(
-        telemetry=TelemetryConfig(
-            logging=LoggingConfig(
-                filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
-                forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
-            )
-        )
-    )
+    runtime = Runtime(telemetry=TelemetryConfig(logging=core_logging()))
     Runtime.set_default(runtime, error_if_already_set=False)
     _core_logs_forwarded = True

@@ -14,14 +14,53 @@ from temporalio.api.operatorservice.v1 import (
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
-from temporalio.worker import Worker
+from temporalio.worker import Replayer, Worker
 
 from workers.config import TemporalSettings
+from workers.interceptors import LogContextInterceptor
+from workers.logging import core_logging
 from workflows import search_attributes
 from workflows.onboarding import PosOnboarding
 
 DATA_CONVERTER = pydantic_data_converter
+
+# Time in stage runs from seconds (a demo) to weeks (a merchant who never sends documents).
+STAGE_SECONDS = [
+    1,
+    10,
+    60,
+    600,
+    3600,
+    6 * 3600,
+    86400,
+    3 * 86400,
+    7 * 86400,
+    14 * 86400,
+    30 * 86400,
+]
+_runtimes: dict[str, Runtime] = {}
+INTERCEPTORS = [LogContextInterceptor()]
+
+
+def runtime_serving_metrics(address: str) -> Runtime:
+    """A Temporal runtime (one per address and process) that serves Prometheus `/metrics` on
+    `address`: the SDK's own worker and client metrics, and what workflows record on their
+    metric meter. Core log lines are forwarded as by `configure_logging`."""
+    if address not in _runtimes:
+        _runtimes[address] = Runtime(
+            telemetry=TelemetryConfig(
+                logging=core_logging(),
+                metrics=PrometheusConfig(
+                    bind_address=address,
+                    counters_total_suffix=True,
+                    durations_as_seconds=True,
+                    histogram_bucket_overrides={"posflow_time_in_stage_seconds": STAGE_SECONDS},
+                ),
+            )
+        )
+    return _runtimes[address]
 
 
 async def connect(settings: TemporalSettings) -> Client:
@@ -40,6 +79,9 @@ async def connect(settings: TemporalSettings) -> Client:
         api_key=settings.api_key,
         tls=tls,
         data_converter=DATA_CONVERTER,
+        runtime=runtime_serving_metrics(settings.metrics_address)
+        if settings.metrics_address
+        else None,
     )
 
 
@@ -81,5 +123,13 @@ def build_worker(
         task_queue=task_queue,
         workflows=[PosOnboarding],
         activities=list(activities),
+        interceptors=INTERCEPTORS,
         **tuning,
+    )
+
+
+def build_replayer() -> Replayer:
+    """A replayer configured as the workers are, for golden histories and admins' replays."""
+    return Replayer(
+        workflows=[PosOnboarding], data_converter=DATA_CONVERTER, interceptors=INTERCEPTORS
     )

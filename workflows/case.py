@@ -6,6 +6,7 @@ sandbox, so it is imported once per worker rather than once per workflow run.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -152,6 +153,8 @@ class Case:
         )
 
     def enter(self, stage: Stage, deadline: datetime | None = None) -> None:
+        previous = self.stage if self.stage_entered else None  # None: the application's start
+        stayed = workflow.now() - self.stage_entered_at
         self.stage = stage
         self.stage_entered_at = workflow.now()
         self.stage_entered.setdefault(stage.value, self.stage_entered_at)
@@ -160,6 +163,43 @@ class Case:
             "stage_entered", stage.value, deadline=deadline.isoformat() if deadline else None
         )
         self.publish()
+        self.report_stage_change(previous, stayed)
+
+    def report_stage_change(self, previous: Stage | None, stayed: timedelta) -> None:
+        """The worker's metrics (transitions, time in stage) and a log line. The SDK's meter and
+        logger both stay silent while the workflow replays, so each change is counted once."""
+        channel = self.start.application.channel.value
+        meter = workflow.metric_meter()
+        meter.create_counter(
+            "posflow_stage_transitions", "Applications entering a stage, by the stage they left"
+        ).add(
+            1,
+            {
+                "from_stage": previous.value if previous else "start",
+                "to_stage": self.stage.value,
+                "channel": channel,
+            },
+        )
+        if previous is not None:
+            meter.create_histogram_timedelta(
+                "posflow_time_in_stage_seconds", "How long applications stayed in a stage", "s"
+            ).record(stayed, {"stage": previous.value, "channel": channel})
+        self.log(
+            logging.INFO,
+            "stage_entered",
+            previous_stage=previous.value if previous else None,
+            stayed_seconds=round(stayed.total_seconds(), 3) if previous else None,
+            deadline=self.deadlines.stage_deadline.isoformat()
+            if self.deadlines.stage_deadline
+            else None,
+        )
+
+    def log(self, level: int, event: str, **fields: Any) -> None:
+        """A replay-safe log line bound with the application and its stage (the SDK's logger adds
+        the workflow and run ids)."""
+        workflow.logger.log(
+            level, event, extra={"application_id": self.app_id, "stage": self.stage.value, **fields}
+        )
 
     def set_deadline(self, deadline: datetime) -> datetime:
         self.deadlines.stage_deadline = deadline
@@ -462,12 +502,14 @@ class Case:
         self.admin_verb = None
         self.event("needs_attention", f"{step}: {reason}", attention=kind.value, step=step)
         self.publish()
+        self.log(logging.WARNING, "needs_attention", kind=kind.value, step=step, reason=reason)
 
     def unpark(self, how: str) -> None:
         self.attention = None
         self.admin_verb = None
         self.event("attention_cleared", how)
         self.publish()
+        self.log(logging.INFO, "attention_cleared", how=how)
 
     def decision_recorded(self, decision: ReviewDecision) -> None:
         self.decision = decision
