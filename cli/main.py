@@ -10,6 +10,7 @@ import asyncio
 import os
 import signal
 from collections.abc import Coroutine, Sequence
+from dataclasses import replace
 from typing import Annotated, Any
 
 import structlog
@@ -17,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli.apps import apps_app
 from services.stack import GATEWAY_PORT, PORTS, Served, serve, stop_all
 from services.stack import build as build_service
 from workers.config import TemporalSettings
@@ -30,8 +32,12 @@ app = typer.Typer(
     # Locals in a traceback may hold an application with personal data.
     pretty_exceptions_show_locals=False,
 )
+app.add_typer(apps_app, name="apps")
 console = Console()
 log = structlog.get_logger(__name__)
+
+# Where a worker serves Prometheus metrics unless POSFLOW_WORKER_METRICS says otherwise.
+DEFAULT_WORKER_METRICS = "127.0.0.1:9464"
 
 PortOption = Annotated[int, typer.Option(help="gRPC port of the Temporal dev server.")]
 UiPortOption = Annotated[int, typer.Option(help="Port of the Temporal Web UI.")]
@@ -76,11 +82,14 @@ def _print_urls(
         table.add_row(
             "Gateway (API)" if item.name == "gateway" else f"{item.name} service", item.url
         )
+        if item.name == "gateway":
+            table.add_row("Dashboard", f"{item.url}/ui")
     table.add_row("Temporal gRPC", f"{server.address}  (namespace {server.namespace})")
     if server.ui_url:
         table.add_row("Temporal Web UI", server.ui_url)
     if task_queue:
         table.add_row("Task queue", task_queue)
+        table.add_row("Worker metrics", f"http://{DEFAULT_WORKER_METRICS}/metrics")
     table.add_row("Data file", str(server.db_file))
     table.add_row("Server log", str(server.log_file))
     console.print(f"[bold green]{title}[/]")
@@ -114,10 +123,12 @@ async def _up(port: int, ui_port: int) -> None:
         return
     try:
         await _register_search_attributes(server)
+        configured = TemporalSettings.from_env()
         settings = TemporalSettings(
             address=server.address,
             namespace=server.namespace,
-            task_queue=TemporalSettings.from_env().task_queue,
+            task_queue=configured.task_queue,
+            metrics_address=configured.metrics_address or DEFAULT_WORKER_METRICS,
         )
         ready = asyncio.Event()
         worker = asyncio.create_task(run_worker(settings, ready=ready, stop=stop))
@@ -203,7 +214,11 @@ async def _dev_server(port: int, ui_port: int, headless: bool) -> None:
 async def _worker() -> None:
     from workers.main import run_worker
 
-    await run_worker(TemporalSettings.from_env(), stop=_stop_on_signals())
+    settings = TemporalSettings.from_env()
+    if settings.metrics_address is None:
+        settings = replace(settings, metrics_address=DEFAULT_WORKER_METRICS)
+    log.info("worker_metrics", url=f"http://{settings.metrics_address}/metrics")
+    await run_worker(settings, stop=_stop_on_signals())
 
 
 @app.command()
