@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check --no-input
 PRODUCT := schemas workflows activities workers cli services gateway
 
-.PHONY: test test-local up lint fmt compile clean
+.PHONY: test test-local up lint fmt compile clean bench
 
 test: compile lint
 	$(BIN)/mypy
@@ -17,6 +17,10 @@ test-local: compile
 
 up: compile
 	$(BIN)/posflow up
+
+# How fast the operations list and overview answer with 5,000 applications (bench/README.md).
+bench: compile
+	$(BIN)/python -m bench.list_latency
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
