@@ -17,7 +17,8 @@ The auto-reviewer (demo only; option `auto_review` or `POSFLOW_REVIEW_AUTO=true`
 `auto_review_delay_ms` or `POSFLOW_REVIEW_AUTO_DELAY_MS`, default 500 ms) completes site surveys
 requested more than the delay ago (passed), then decides open cases idle for the delay that have
 no survey pending: a prohibited category is rejected; round 1 of an application whose stable hash
-is divisible by 5 needs better premises photos; the rest are approved. It decides through the same
+is divisible by 5 needs better premises photos; the rest are approved. A high-risk case waits for
+its survey to be requested and completed first. It decides through the same
 function as the decision endpoint, so its callbacks are the same.
 
 Documents' numbers (ID, account) are never stored or logged here: only the kinds of documents.
@@ -707,12 +708,16 @@ def auto_review_once(service: Service, rules: ReviewRules) -> int:
 
 
 def _ready(session: Session, row: ReviewCaseRow, cutoff: datetime) -> bool:
-    """Idle for the delay since it (re)opened and since its last survey, with none pending."""
+    """Idle for the delay since it (re)opened and since its last survey, with none pending; a
+    high-risk case only once surveyed (the process asks for the survey after opening the case, and
+    under load that request can come later than the delay)."""
     if _utc(row.updated_at) > cutoff:
         return False
     surveys = session.exec(
         select(ReviewSurveyRow).where(ReviewSurveyRow.case_id == row.case_id)
     ).all()
+    if row.risk_level == RiskLevel.HIGH and not any(s.completed_at for s in surveys):
+        return False
     for survey in surveys:
         if survey.status == SurveyStatus.REQUESTED:
             return False
