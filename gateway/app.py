@@ -311,7 +311,7 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
         authorize(request, "viewer")
         wanted = parse(ListFilter, dict(request.query_params))
         now = datetime.now(UTC)
-        rows, total = store.page(wanted, now)
+        rows, total = await asyncio.to_thread(store.page, wanted, now)
         return JSONResponse(
             [row.summary(now) for row in rows], headers={"X-Total-Count": str(total)}
         )
@@ -324,7 +324,8 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
                 422, "invalid_request", "days is out of range", {"days": "between 0 and 366"}
             )
         now = datetime.now(UTC)
-        return JSONResponse(store.overview(now - timedelta(days=days), now).model_dump(mode="json"))
+        result = await asyncio.to_thread(store.overview, now - timedelta(days=days), now)
+        return JSONResponse(result.model_dump(mode="json"))
 
     @app.post("/api/internal/projections")
     async def project(request: Request) -> JSONResponse:
@@ -356,7 +357,8 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
     @app.get("/api/applications/{application_id}/messages")
     async def messages(application_id: str, request: Request) -> list[dict[str, Any]]:
         authorize(request, "viewer")
-        return [m.model_dump(mode="json") for m in store.messages(application_id)]
+        kept = await asyncio.to_thread(store.messages, application_id)
+        return [m.model_dump(mode="json") for m in kept]
 
     @app.post("/api/applications/{application_id}/documents")
     async def documents(application_id: str, request: Request) -> JSONResponse:

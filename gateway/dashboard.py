@@ -7,6 +7,7 @@ workflow (the status query). Everything shown goes through the masking used for 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -153,7 +154,7 @@ def install_dashboard(
     async def overview(request: Request, days: int = 7) -> Response:
         days = days if days in PERIODS.values() else 7
         now = datetime.now(UTC)
-        data = store.overview(now - timedelta(days=days), now)
+        data = await asyncio.to_thread(store.overview, now - timedelta(days=days), now)
         slowest = max((t["p90_seconds"] for t in data.time_in_stage), default=0) or 1
         times = [
             {
@@ -199,7 +200,7 @@ def install_dashboard(
                 else {"page": "must be a whole number"}
             )
         now = datetime.now(UTC)
-        rows, total = store.page(wanted, now)
+        rows, total = await asyncio.to_thread(store.page, wanted, now)
         pages = max(1, -(-total // wanted.limit))
         kept = {k: v for k, v in params.items() if k not in ("offset",)}
 
@@ -228,7 +229,13 @@ def install_dashboard(
 
     @app.get("/ui/applications/{application_id}", include_in_schema=False)
     async def application(request: Request, application_id: str, done: str = "") -> Response:
-        record = store.application(application_id)
+        record, visits, kept = await asyncio.to_thread(
+            lambda: (
+                store.application(application_id),
+                store.visits(application_id),
+                store.messages(application_id),
+            )
+        )
         status, unavailable = await status_of(application_id)
         if record is None and status is None:
             return page(request, "missing.html", status_code=404, application_id=application_id)
@@ -239,8 +246,8 @@ def install_dashboard(
             application_id=application_id,
             status=masked(status) if status else None,
             row=masked(record.summary(now)) if record else None,
-            visits=store.visits(application_id),
-            messages=[masked(m.model_dump(mode="json")) for m in store.messages(application_id)],
+            visits=visits,
+            messages=[masked(m.model_dump(mode="json")) for m in kept],
             unavailable=unavailable,
             workflow_url=workflow_url(record.workflow_id if record else application_id),
             done=done,

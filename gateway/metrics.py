@@ -4,6 +4,7 @@ latency of every route."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -90,7 +91,9 @@ class GatewayMetrics:
 
         @app.get("/metrics", include_in_schema=False)
         async def metrics() -> Response:
-            return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+            # Collecting reads the store: off the event loop, like every other store read.
+            body = await asyncio.to_thread(generate_latest, self.registry)
+            return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 def _route(app: FastAPI, request: Request) -> str:

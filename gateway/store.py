@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from pydantic import Field as PydanticField
 from sqlalchemy import Engine, delete, func, inspect, or_, text, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import defer
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from schemas.application import Channel, MerchantType
@@ -326,7 +327,10 @@ class Store:
     ) -> tuple[list[ApplicationRecord], int]:
         """One page of applications matching `wanted`, and how many match in all."""
         moment = utc(now or datetime.now(UTC))
-        query = select(ApplicationRecord)
+        # The merchant file is never listed: leave it in the table (it is most of a row's size).
+        query = select(ApplicationRecord).options(
+            defer(ApplicationRecord.application)  # type: ignore[arg-type]
+        )
         conditions: list[Any] = []
         if wanted.stage is not None:
             conditions.append(col(ApplicationRecord.stage) == wanted.stage.value)
