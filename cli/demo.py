@@ -84,31 +84,38 @@ async def run_demo(gateway_url: str, count: int, seed: int, patience: float) -> 
         pending = set(by_id)
         stages: dict[str, str] = {}
         supplemented: set[tuple[str, int]] = set()
-        while pending and time.monotonic() - started < patience:
-            for app_id in list(pending):
+        # The merchants answer at once (one status query each, a few at a time): a merchant
+        # asked for documents again must not wait for a sweep over every other case.
+        polling = asyncio.Semaphore(16)
+
+        async def follow(app_id: str) -> None:
+            async with polling:
                 status = (await http.get(f"/api/applications/{app_id}")).json()
-                stages[app_id] = status["stage"]
-                requested = status["documents"]["requested_by_review"]
-                round_ = int(status["round"])
-                if (
-                    status["stage"] == "collecting_documents"
-                    and requested
-                    and ((app_id, round_) not in supplemented)
-                ):
-                    # The merchant supplies again what the reviewer asked for (补充资料).
-                    supplemented.add((app_id, round_))
-                    docs = [
-                        d.model_dump(mode="json")
-                        for d in by_id[app_id].documents
-                        if d.kind.value in requested
-                    ]
-                    await http.post(
-                        f"/api/applications/{app_id}/documents",
-                        json={"submission_id": f"{app_id}-round-{round_}", "documents": docs},
-                    )
-                if status["stage"] in FINISHED:
-                    result.outcomes[status["stage"]] += 1
-                    pending.discard(app_id)
+            stages[app_id] = status["stage"]
+            requested = status["documents"]["requested_by_review"]
+            round_ = int(status["round"])
+            if (
+                status["stage"] == "collecting_documents"
+                and requested
+                and ((app_id, round_) not in supplemented)
+            ):
+                # The merchant supplies again what the reviewer asked for (补充资料).
+                supplemented.add((app_id, round_))
+                docs = [
+                    d.model_dump(mode="json")
+                    for d in by_id[app_id].documents
+                    if d.kind.value in requested
+                ]
+                await http.post(
+                    f"/api/applications/{app_id}/documents",
+                    json={"submission_id": f"{app_id}-round-{round_}", "documents": docs},
+                )
+            if status["stage"] in FINISHED:
+                result.outcomes[status["stage"]] += 1
+                pending.discard(app_id)
+
+        while pending and time.monotonic() - started < patience:
+            await asyncio.gather(*(follow(app_id) for app_id in list(pending)))
             await asyncio.sleep(0.5)
         result.supplemented = len(supplemented)
         result.unfinished = {app_id: stages.get(app_id, "?") for app_id in pending}

@@ -352,7 +352,8 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
             raise ApiError(
                 503, "temporal_unavailable", "the process engine did not answer"
             ) from err
-        return JSONResponse(result.model_dump(mode="json"))
+        # The status holds no document numbers today; masking keeps it so if one is ever added.
+        return JSONResponse(masked(result.model_dump(mode="json")))
 
     @app.get("/api/applications/{application_id}/messages")
     async def messages(application_id: str, request: Request) -> list[dict[str, Any]]:
