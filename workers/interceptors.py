@@ -1,10 +1,10 @@
 """Log context across the workflow/activity boundary: every log line an activity writes is bound
 with its application, workflow, stage and step, whichever logger wrote it.
 
-The workflow side stamps each activity it schedules with the application's current stage (read
-from the `PosStage` search attribute the workflow upserts, so nothing here knows the workflow's
-internals); the activity side binds it, with the ids from the activity's info, into structlog's
-context variables for the duration of the activity.
+The workflow side stamps each activity it schedules with the application's current stage (the
+workflow's `stage` property: an update can schedule an activity in the workflow's first task,
+before any search attribute is upserted); the activity side binds it, with the ids from the
+activity's info, into structlog's context variables for the duration of the activity.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from temporalio.worker import (
 )
 
 from schemas.application import application_id_of
-from workflows import search_attributes as sa
 
 STAGE_HEADER = "posflow-stage"
 
@@ -48,8 +47,8 @@ class _StampStage(WorkflowInboundInterceptor):
 
 class _StageHeader(WorkflowOutboundInterceptor):
     def start_activity(self, input: StartActivityInput) -> workflow.ActivityHandle[Any]:
-        stage = workflow.info().typed_search_attributes.get(sa.STAGE)
-        if stage:
+        stage = getattr(workflow.instance(), "stage", None)
+        if isinstance(stage, str):
             header = workflow.payload_converter().to_payloads([stage])[0]
             input.headers = {**input.headers, STAGE_HEADER: header}
         return super().start_activity(input)

@@ -62,6 +62,11 @@ class PosOnboarding:
         self._submissions: dict[str, SubmissionResult] = {}
         self.closing_reason = ""
 
+    @property
+    def stage(self) -> str:
+        """The stage the application is in (logs and activities are bound with it)."""
+        return self.case.stage.value
+
     @workflow.run
     async def run(self, start: OnboardingStart) -> Outcome:
         try:
