@@ -177,6 +177,20 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
                 503, "temporal_unavailable", "the process engine did not answer"
             ) from err
 
+    def record_refusal(
+        err: ApiError, application_id: str, source: str, kind: str, body: Any, message_id: str = ""
+    ) -> None:
+        """Keep a message that was not applied, with the reason it was refused."""
+        record_message(
+            application_id=application_id,
+            source=source,
+            kind=kind,
+            message_id=message_id,
+            outcome=_outcome_of(err),
+            detail=f"{err.error}: {err.message}",
+            body=body,
+        )
+
     async def deliver(
         application_id: str,
         source: str,
@@ -189,15 +203,7 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
         try:
             ack = await run_update(application_id, lambda: apply(payload))
         except ApiError as err:
-            record_message(
-                application_id=application_id,
-                source=source,
-                kind=kind,
-                message_id=_message_id(payload),
-                outcome=_outcome_of(err),
-                detail=f"{err.error}: {err.message}",
-                body=audit_body,
-            )
+            record_refusal(err, application_id, source, kind, audit_body, _message_id(payload))
             raise
         outcome = "duplicate" if ack.duplicate else "applied"
         record_message(
@@ -235,14 +241,7 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
                     )
             payload = parse(model, await read_json(request))
         except ApiError as err:
-            record_message(
-                application_id=application_id,
-                source=source,
-                kind=kind,
-                outcome=_outcome_of(err),
-                detail=f"{err.error}: {err.message}",
-                body=masked(_safe_json(raw)),
-            )
+            record_refusal(err, application_id, source, kind, masked(_safe_json(raw)))
             raise
         outcome, ack = await deliver(
             application_id, source, kind, payload, apply, masked(_safe_json(raw))
