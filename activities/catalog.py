@@ -10,6 +10,8 @@ from typing import Final
 VALIDATE_DOCUMENTS: Final = "validate_documents"
 NOTIFY_MERCHANT: Final = "notify_merchant"
 PROJECT_STATUS: Final = "project_status"
+# Push, then pull: what a service recorded for an application, asked for when a deadline passes.
+READ_SERVICE_EVENTS: Final = "read_service_events"
 
 OPEN_REVIEW_CASE: Final = "open_review_case"
 REQUEST_SITE_SURVEY: Final = "request_site_survey"
@@ -40,6 +42,7 @@ ALL: Final = (
     VALIDATE_DOCUMENTS,
     NOTIFY_MERCHANT,
     PROJECT_STATUS,
+    READ_SERVICE_EVENTS,
     OPEN_REVIEW_CASE,
     REQUEST_SITE_SURVEY,
     ESCALATE_REVIEW,

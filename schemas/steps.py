@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
+from typing import Any
 
 from pydantic import Field
 
@@ -54,6 +55,31 @@ class NotifyMerchant(Step):
 
 class Notified(Model):
     notification_id: str
+
+
+# --- push, then pull ---------------------------------------------------------------------------
+
+
+class ReadServiceEvents(Model):
+    """Ask one service for every message it recorded for an application (its outbox): what the
+    workflow reads when a deadline passes with no word, so a callback lost anywhere is found."""
+
+    application_id: str
+    service: str  # review | contract | device | logistics
+
+
+class ServiceEvent(Model):
+    """One message as the service sent (or will send) it: `kind` is the gateway's path segment
+    (review-decision, site-survey, contract, delivery, activation, training, shipment-scans) and
+    `body` the callback's JSON body with the same message id: a later delivery is a duplicate."""
+
+    kind: str
+    body: dict[str, Any]
+    recorded_at: datetime
+
+
+class ServiceEvents(Model):
+    events: list[ServiceEvent] = Field(default_factory=list)
 
 
 # --- review ----------------------------------------------------------------------------------
