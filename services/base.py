@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import structlog
@@ -22,16 +23,19 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy import Engine, event
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from sqlalchemy import Engine, Table, event, inspect, text
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
+from schemas.steps import ServiceEvent, ServiceEvents
 from services.signing import HEADER, sign
 from workers.config import state_dir
 
 log = structlog.get_logger(__name__)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# Where the gateway takes a service's messages about an application: CALLBACK_ROOT/{id}/{kind}.
+CALLBACK_ROOT = "/api/applications"
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,8 @@ class Callback(SQLModel, table=True):
     next_attempt_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     delivered_at: datetime | None = None
     last_error: str = ""
+    # When the message was recorded (null only for rows written before the column existed).
+    recorded_at: datetime | None = Field(default_factory=lambda: datetime.now(UTC))
 
 
 def make_engine(url: str) -> Engine:
@@ -192,9 +198,78 @@ def idempotent(
     return JSONResponse(body, status_code=status_code)
 
 
+def callback_path(application_id: str, kind: str) -> str:
+    """The gateway path of an application's message of `kind` (review-decision, contract,
+    delivery...): the id is quoted whole, so any character in it stays inside its segment."""
+    return f"{CALLBACK_ROOT}/{quote(application_id, safe='')}/{kind}"
+
+
 def enqueue_callback(session: Session, service: str, path: str, body: BaseModel) -> None:
     """Queue a signed callback to the gateway; committed with the caller's transaction."""
     session.add(Callback(service=service, path=path, body=body.model_dump_json()))
+
+
+def recorded_events(session: Session, service: str, application_id: str) -> ServiceEvents:
+    """Every message `service` recorded for the application, delivered or not, oldest first:
+    what the workflow reads when a deadline passes with no word (push, then pull)."""
+    prefix = callback_path(application_id, "")
+    rows = session.exec(
+        select(Callback)
+        .where(Callback.service == service)
+        # A LIKE with `%` and `_` escaped: another application's id never matches by pattern.
+        .where(col(Callback.path).startswith(prefix, autoescape=True))
+        .order_by(col(Callback.id))
+    ).all()
+    events: list[ServiceEvent] = []
+    for row in rows:
+        kind = row.path[len(prefix) :]
+        if not row.path.startswith(prefix) or not kind or "/" in kind:
+            continue  # not exactly one segment under this application's own path
+        at = row.recorded_at or row.next_attempt_at
+        events.append(
+            ServiceEvent(
+                kind=kind,
+                body=json.loads(row.body),
+                recorded_at=at if at.tzinfo is not None else at.replace(tzinfo=UTC),
+            )
+        )
+    return ServiceEvents(events=events)
+
+
+def add_missing_columns(engine: Engine, table: Table) -> list[str]:
+    """Add the nullable columns a newer version declares to a table an older one created
+    (`create_all` creates missing tables, never missing columns), so kept state still loads;
+    returns the names added."""
+    added: list[str] = []
+    names = {c["name"] for c in inspect(engine).get_columns(table.name)}
+    for column in table.columns:
+        if column.name in names or not column.nullable:
+            continue
+        kind = column.type.compile(dialect=engine.dialect)
+        try:
+            with engine.begin() as connection:
+                connection.execute(
+                    text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}')
+                )
+            added.append(column.name)
+        except (OperationalError, ProgrammingError):
+            # Another process sharing the database added it first.
+            if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+                raise
+    return added
+
+
+def upgrade_outbox(engine: Engine) -> None:
+    """An outbox from before `recorded_at`: its rows get their first scheduled attempt, the
+    closest time kept to when each was recorded (exact for every row written since)."""
+    if "recorded_at" in add_missing_columns(engine, Callback.__table__):  # type: ignore[attr-defined]
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "UPDATE service_callbacks SET recorded_at = next_attempt_at"
+                    " WHERE recorded_at IS NULL"
+                )
+            )
 
 
 # --- the app ---------------------------------------------------------------------------------
@@ -223,6 +298,7 @@ def create_service(
     engine = make_engine(config.database_url)
     all_tables = [IdempotencyRecord.__table__, Callback.__table__, *(t.__table__ for t in tables)]  # type: ignore[attr-defined]
     SQLModel.metadata.create_all(engine, tables=all_tables)
+    upgrade_outbox(engine)
     holder: dict[str, Service] = {}
 
     @asynccontextmanager
@@ -271,6 +347,15 @@ def create_service(
     @app.get("/health")
     def health() -> dict[str, str]:
         return {"service": config.name, "status": "ok"}
+
+    # `:path`: an id holding a quoted `/` arrives decoded and still reaches this route.
+    @app.get("/applications/{application_id:path}/events", response_model=ServiceEvents)
+    def application_events(application_id: str) -> ServiceEvents:
+        """Every message this service recorded for the application (its outbox), delivered or
+        not, in the order recorded: `kind` is the gateway path's last segment, `body` the JSON
+        as sent, with its message id, so applying one the gateway already had is a duplicate."""
+        with service.session() as session:
+            return recorded_events(session, config.name, application_id)
 
     if setup is not None:
         setup(service)

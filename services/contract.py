@@ -34,6 +34,7 @@ from services.base import (
     Service,
     ServiceConfig,
     ServiceError,
+    callback_path,
     create_service,
     enqueue_callback,
     idempotent,
@@ -260,8 +261,7 @@ def _record(session: Session, contract_id: str, kind: str, detail: str = "") -> 
 
 
 def _callback(session: Session, agreement: Agreement, event: ContractEvent) -> None:
-    path = f"/api/applications/{quote(agreement.application_id, safe='')}/contract"
-    enqueue_callback(session, NAME, path, event)
+    enqueue_callback(session, NAME, callback_path(agreement.application_id, "contract"), event)
 
 
 def issue(session: Session, request: ContractRequest) -> Agreement:

@@ -36,6 +36,7 @@ from services.base import (
     Service,
     ServiceConfig,
     ServiceError,
+    callback_path,
     create_service,
     enqueue_callback,
     idempotent,
@@ -596,7 +597,7 @@ def activate(session: Session, service_name: str, serial: str, code: str) -> Ter
     enqueue_callback(
         session,
         service_name,
-        f"/api/applications/{reservation.application_id}/activation",
+        callback_path(reservation.application_id, "activation"),
         TerminalActivated(event_id=str(uuid.uuid4()), serial=serial, tid=issued.tid),
     )
     return _view(terminal)

@@ -49,6 +49,7 @@ from services.base import (
     Service,
     ServiceConfig,
     ServiceError,
+    callback_path,
     create_service,
     enqueue_callback,
     idempotent,
@@ -463,7 +464,7 @@ class Logistics:
             enqueue_callback(
                 session,
                 self.name,
-                f"/api/applications/{shipment.application_id}/shipment-scans",
+                callback_path(shipment.application_id, "shipment-scans"),
                 ShipmentScan(
                     event_id=str(uuid.uuid4()),
                     shipment_id=shipment_id,
@@ -523,7 +524,7 @@ class Logistics:
         enqueue_callback(
             session,
             self.name,
-            f"/api/applications/{application_id}/delivery",
+            callback_path(application_id, "delivery"),
             DeliveryOutcome(
                 event_id=str(uuid.uuid4()),
                 reference=reference,
@@ -651,7 +652,7 @@ class Logistics:
         enqueue_callback(
             session,
             self.name,
-            f"/api/applications/{a.application_id}/training",
+            callback_path(a.application_id, "training"),
             TrainingCompleted(
                 event_id=str(uuid.uuid4()),
                 session_id=session_id,

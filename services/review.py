@@ -55,6 +55,7 @@ from services.base import (
     Service,
     ServiceConfig,
     ServiceError,
+    callback_path,
     create_service,
     enqueue_callback,
     idempotent,
@@ -533,7 +534,7 @@ def decide(session: Session, case_id: str, request: DecisionRequest) -> ReviewDe
     row.status = CaseStatus.DECIDED
     row.reviewer = decision.reviewer
     session.add(row)
-    path = f"/api/applications/{row.application_id}/review-decision"
+    path = callback_path(row.application_id, "review-decision")
     enqueue_callback(session, NAME, path, decision)
     log.info(
         "review_decided",
@@ -571,7 +572,7 @@ def complete_survey(
     survey.notes = request.notes
     survey.completed_at = _now()
     session.add(survey)
-    enqueue_callback(session, NAME, f"/api/applications/{row.application_id}/site-survey", result)
+    enqueue_callback(session, NAME, callback_path(row.application_id, "site-survey"), result)
     log.info(
         "site_survey_completed",
         survey_id=survey_id,
