@@ -1,5 +1,5 @@
 """Push, then pull: every service answers `GET /applications/{id}/events` with the messages it
-recorded for that application."""
+recorded for that application, and the `read_service_events` activity reads them over HTTP."""
 
 from __future__ import annotations
 
@@ -12,14 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
+from activities import catalog
+from activities.events import event_activities
 from activities.http import path
 from schemas import steps
 from schemas.application import Address
 from schemas.messages import ContractEvent, ContractEventKind
 from services import contract, logistics
-from services.base import ServiceConfig, create_service
-from tests.servers import CallbackRecorder, serving
+from services.base import ServiceConfig, callback_path, create_service
+from tests.servers import CallbackRecorder, free_port, serving
 
 ADDR = Address(province="北京市", city="北京市", district="海淀区", street="中关村大街1号")
 
@@ -144,6 +149,73 @@ async def test_events_are_the_service_own_even_in_a_shared_database(tmp_path: Pa
             found = await events(l_http, "APP-1")
             assert [e["kind"] for e in found] == ["shipment-scans", "delivery"]
             assert found[1]["body"]["reference"] == sid
+
+
+async def test_the_activity_reads_any_service_over_http(tmp_path: Path) -> None:
+    recorder = CallbackRecorder(fail_first=1_000)  # nothing reaches the gateway: pull finds it
+    async with serving(recorder.app) as gateway:
+        c = contract.build(config("contract", tmp_path / "c.db", gateway))
+        failing = create_service(
+            ServiceConfig(
+                name="device",
+                database_url=f"sqlite:///{tmp_path / 'd.db'}",
+                gateway_url=gateway,
+                failure_rate=1.0,
+            ),
+            tables=[],
+        )
+        async with (
+            serving(c.app) as c_url,
+            serving(failing.app) as d_url,
+            httpx.AsyncClient(base_url=c_url) as http,
+        ):
+            cid = await sign_and_pay(http, "APP/7")
+            acts = event_activities(
+                {"contract": c_url, "device": d_url, "review": f"http://127.0.0.1:{free_port()}"}
+            )
+            env = ActivityEnvironment()
+            try:
+                assert acts.read_service_events.__temporal_activity_definition.name == (  # type: ignore[attr-defined]
+                    catalog.READ_SERVICE_EVENTS
+                )
+                read = await env.run(
+                    acts.read_service_events,
+                    steps.ReadServiceEvents(application_id="APP/7", service="contract"),
+                )
+                assert type(read) is steps.ServiceEvents
+                [event] = read.events
+                assert (event.kind, event.body["contract_id"]) == ("contract", cid)
+                assert event.body["event_id"] == recorder_free_event_id(tmp_path, cid)
+
+                for service in ("review", "device"):  # down, and answering 503
+                    with pytest.raises(ApplicationError) as unavailable:
+                        await env.run(
+                            acts.read_service_events,
+                            steps.ReadServiceEvents(application_id="APP/7", service=service),
+                        )
+                    assert unavailable.value.type == "ServiceUnavailable"
+                    assert not unavailable.value.non_retryable
+
+                with pytest.raises(ApplicationError) as unknown:
+                    await env.run(
+                        acts.read_service_events,
+                        steps.ReadServiceEvents(application_id="APP/7", service="billing"),
+                    )
+                assert unknown.value.non_retryable and unknown.value.type == "unknown_service"
+            finally:
+                await acts.aclose()
+
+
+def recorder_free_event_id(tmp_path: Path, contract_id: str) -> str:
+    """The message id as the outbox holds it, read straight from the database."""
+    with sqlite3.connect(tmp_path / "c.db") as db:
+        [(body,)] = db.execute(
+            "SELECT body FROM service_callbacks WHERE path = ?",
+            (callback_path("APP/7", "contract"),),
+        ).fetchall()
+    event = ContractEvent.model_validate_json(body)
+    assert event.contract_id == contract_id
+    return event.event_id
 
 
 async def test_an_outbox_from_before_recorded_at_is_upgraded_and_read(tmp_path: Path) -> None:

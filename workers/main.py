@@ -2,7 +2,7 @@
 
 Document validation and notifications run in-process; the review, contract, device and
 logistics activities are HTTP clients of those services, at `POSFLOW_<SERVICE>_URL` (the
-embedded stack's ports by default).
+embedded stack's ports by default), and so is `read_service_events`, which reads any of them.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def activity_methods(implementation: object) -> list[Callable[..., Any]]:
 def worker_activities() -> list[Callable[..., Any]]:
     from activities.contract import contract_activities
     from activities.device import device_activities
+    from activities.events import event_activities
     from activities.logistics import logistics_activities
     from activities.projection import ProjectionActivities
     from activities.review import review_activities
@@ -40,6 +41,7 @@ def worker_activities() -> list[Callable[..., Any]]:
         contract_activities(),
         device_activities(),
         logistics_activities(),
+        event_activities(),
         ProjectionActivities(),
     ]
     return [
