@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -362,9 +363,19 @@ def create_service(
     return service
 
 
+# The gateway's answers that end a callback's delivery without success: it will never take it
+# as sent (a malformed body, an unknown application, a message for another stage, invalid
+# fields). The refusal is recorded in `last_error`, the workflow learns of it by pulling.
+FINAL_REFUSALS = frozenset({400, 404, 409, 422})
+# Answers that may say when to come back (`Retry-After`): unavailable, too many, too early.
+RETRY_AFTER_STATUSES = frozenset({425, 429, 503})
+MAX_BACKOFF = 30.0  # seconds between attempts when the gateway says nothing
+MAX_RETRY_AFTER = 300.0  # the longest wait a `Retry-After` can impose
+
+
 async def deliver_callbacks(service: Service, poll: float = 0.2) -> None:
-    """Send due callbacks to the gateway, signed; retry with back-off until a 2xx or a 4xx that
-    says the gateway will never take it (recorded, not retried)."""
+    """Send due callbacks to the gateway, signed, until each is acknowledged or refused for
+    good (see `_deliver` for which answers are which)."""
     config = service.config
     async with httpx.AsyncClient(base_url=config.gateway_url, timeout=10) as client:
         while True:
@@ -383,11 +394,39 @@ async def deliver_callbacks(service: Service, poll: float = 0.2) -> None:
             await asyncio.sleep(poll)
 
 
+def retry_after(response: httpx.Response, now: datetime) -> float | None:
+    """The seconds a 425, 429 or 503 asks to wait (`Retry-After` as seconds or an HTTP date),
+    at most `MAX_RETRY_AFTER`; None when there is no usable header."""
+    if response.status_code not in RETRY_AFTER_STATUSES:
+        return None
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value) - now).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
 async def _deliver(
     client: httpx.AsyncClient, session: Session, config: ServiceConfig, callback: Callback
 ) -> None:
+    """One attempt at one callback.
+
+    Final: any 2xx (200 applied or duplicate, 202 accepted but not applied yet: the workflow
+    has it) and the refusals 400, 404, 409 and 422. Retried: everything else (401 and other
+    4xx, 5xx, no answer), after 0.5 s doubling per attempt up to 30 s, or after the
+    `Retry-After` of a 425, 429 or 503 when that is longer (at most 300 s).
+    """
     body = callback.body.encode()
     callback.attempts += 1
+    wait: float | None = None
     try:
         response = await client.post(
             callback.path,
@@ -397,18 +436,19 @@ async def _deliver(
                 HEADER: sign(body, config.callback_secret, int(time.time())),
             },
         )
-        final = response.is_success or response.status_code in (400, 404, 409, 422)
+        final = response.is_success or response.status_code in FINAL_REFUSALS
         callback.last_error = (
             "" if response.is_success else f"{response.status_code} {response.text[:300]}"
         )
+        wait = retry_after(response, datetime.now(UTC))
     except httpx.HTTPError as err:
         final = False
         callback.last_error = f"{type(err).__name__}: {err}"
     if final:
         callback.delivered_at = datetime.now(UTC)
     else:
-        backoff = min(0.5 * 2 ** (callback.attempts - 1), 30.0)
-        callback.next_attempt_at = datetime.now(UTC) + timedelta(seconds=backoff)
+        backoff = min(0.5 * 2 ** (callback.attempts - 1), MAX_BACKOFF)
+        callback.next_attempt_at = datetime.now(UTC) + timedelta(seconds=max(backoff, wait or 0.0))
     session.add(callback)
     log.info(
         "callback_attempt",
@@ -417,4 +457,5 @@ async def _deliver(
         attempt=callback.attempts,
         delivered=final,
         error=callback.last_error or None,
+        retry_after=wait,
     )

@@ -1,16 +1,33 @@
-"""What every sandbox service shares: signatures, simulated faults, idempotent writes."""
+"""What every sandbox service shares: signatures, simulated faults, idempotent writes, and the
+outbox's delivery rules (which answers are final, back-off, `Retry-After`)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI, Response
 from pydantic import BaseModel
-from sqlmodel import select
+from sqlmodel import col, select
 
-from services.base import IdempotencyRecord, ServiceConfig, create_service, idempotent
+from services.base import (
+    MAX_RETRY_AFTER,
+    Callback,
+    IdempotencyRecord,
+    Service,
+    ServiceConfig,
+    _deliver,
+    callback_path,
+    create_service,
+    enqueue_callback,
+    idempotent,
+)
 from services.signing import SignatureError, sign, verify
 from tests.servers import serving
 
@@ -57,3 +74,151 @@ async def test_simulated_failures_answer_503_and_write_nothing(tmp_path: Path) -
         assert response.status_code == 503 and response.json()["error"] == "simulated_failure"
     with service.session() as session:
         assert session.exec(select(IdempotencyRecord)).all() == []
+
+
+# --- the outbox: which answers end a delivery, and when the next attempt comes ---------------
+
+
+def outbox(tmp_path: Path, gateway_url: str = "http://gateway.test") -> Service:
+    config = ServiceConfig(
+        name="probe", database_url=f"sqlite:///{tmp_path / 'outbox.db'}", gateway_url=gateway_url
+    )
+    return create_service(config, tables=[])
+
+
+async def attempt(
+    service: Service, answer: Callable[[httpx.Request], httpx.Response], attempts_before: int = 0
+) -> Callback:
+    """One `_deliver` of a fresh callback against a fake gateway answering `answer`."""
+    with service.session() as session:
+        enqueue_callback(session, "probe", callback_path("APP-1", "delivery"), Echo(value="x"))
+        session.commit()
+        callback = session.exec(select(Callback).order_by(col(Callback.id).desc())).first()
+        assert callback is not None
+        callback.attempts = attempts_before
+        async with httpx.AsyncClient(
+            base_url="http://gateway.test", transport=httpx.MockTransport(answer)
+        ) as client:
+            await _deliver(client, session, service.config, callback)
+        session.commit()
+        session.refresh(callback)
+        return callback
+
+
+def waits(callback: Callback, since: datetime) -> float:
+    at = callback.next_attempt_at
+    at = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    return (at - since).total_seconds()
+
+
+@pytest.mark.parametrize(
+    ("status", "final"),
+    [
+        (200, True),
+        (201, True),
+        (202, True),  # the workflow accepted the message and will apply it: pending, not lost
+        (204, True),
+        (400, True),
+        (404, True),
+        (409, True),
+        (422, True),
+        (401, False),  # a signature refused: a clock or a secret to fix, then it goes through
+        (403, False),
+        (408, False),
+        (425, False),
+        (429, False),
+        (500, False),
+        (502, False),
+        (503, False),
+        (504, False),
+    ],
+)
+async def test_which_answers_end_a_delivery(tmp_path: Path, status: int, final: bool) -> None:
+    service = outbox(tmp_path)
+    started = datetime.now(UTC)
+    callback = await attempt(service, lambda _: httpx.Response(status, text="why"))
+    assert callback.attempts == 1
+    assert (callback.delivered_at is not None) is final
+    if 200 <= status < 300:
+        assert callback.last_error == ""
+    else:
+        assert callback.last_error == f"{status} why"
+    if not final:
+        assert 0.5 <= waits(callback, started) < 1.5  # the first back-off
+
+
+async def test_a_transport_error_is_retried_with_back_off_capped_at_30_s(tmp_path: Path) -> None:
+    service = outbox(tmp_path)
+
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    started = datetime.now(UTC)
+    callback = await attempt(service, down, attempts_before=2)
+    assert callback.delivered_at is None and callback.last_error.startswith("ConnectError")
+    assert 2.0 <= waits(callback, started) < 3.0  # 0.5 s doubled twice
+    late = await attempt(service, down, attempts_before=20)
+    assert 30.0 <= waits(late, started) < 31.0
+
+
+@pytest.mark.parametrize(
+    ("status", "header", "expected"),
+    [
+        (503, "120", 120.0),
+        (429, "7", 7.0),
+        (425, "2.5", 2.5),
+        (503, "86400", MAX_RETRY_AFTER),  # capped: a callback is never parked for a day
+        (503, "0", 0.5),  # never sooner than the back-off
+        (503, "-5", 0.5),
+        (503, "soon", 0.5),  # unreadable: the back-off
+        (500, "120", 0.5),  # only 425, 429 and 503 say when to come back
+    ],
+)
+async def test_retry_after_sets_the_next_attempt(
+    tmp_path: Path, status: int, header: str, expected: float
+) -> None:
+    service = outbox(tmp_path)
+    started = datetime.now(UTC)
+    callback = await attempt(
+        service, lambda _: httpx.Response(status, headers={"Retry-After": header})
+    )
+    assert callback.delivered_at is None and callback.attempts == 1
+    assert expected <= waits(callback, started) < expected + 1.0
+
+
+async def test_retry_after_as_an_http_date(tmp_path: Path) -> None:
+    service = outbox(tmp_path)
+    started = datetime.now(UTC)
+    when = format_datetime(started + timedelta(seconds=90), usegmt=True)
+    callback = await attempt(service, lambda _: httpx.Response(503, headers={"Retry-After": when}))
+    assert 88.0 <= waits(callback, started) < 91.0
+
+
+async def test_a_busy_gateway_is_tried_again_after_its_retry_after(tmp_path: Path) -> None:
+    """Over real HTTP: a 503 with `Retry-After: 1`, then a 202 (accepted, pending): the second
+    attempt waits the second out, and the 202 ends the delivery."""
+    seen: list[float] = []
+    gateway = FastAPI()
+
+    @gateway.post("/api/applications/{application_id}/{kind}")
+    async def receive(application_id: str, kind: str) -> Response:
+        seen.append(time.monotonic())
+        if len(seen) == 1:
+            return Response(status_code=503, headers={"Retry-After": "1"})
+        return Response(status_code=202, content=b'{"outcome": "pending"}')
+
+    async with serving(gateway) as gateway_url:
+        service = outbox(tmp_path, gateway_url)
+        with service.session() as session:
+            enqueue_callback(session, "probe", callback_path("APP-1", "contract"), Echo(value="x"))
+            session.commit()
+        async with serving(service.app):
+            for _ in range(200):
+                with service.session() as session:
+                    [callback] = session.exec(select(Callback)).all()
+                if callback.delivered_at is not None:
+                    break
+                await asyncio.sleep(0.05)
+    assert callback.delivered_at is not None and callback.attempts == 2
+    assert callback.last_error == ""
+    assert len(seen) == 2 and seen[1] - seen[0] >= 0.95
