@@ -1,14 +1,21 @@
 """The embedded dev server: starts on a SQLite file, answers, registers our search attributes,
-stops cleanly, and keeps its state across a restart. Independent of the workflow code."""
+stops cleanly, keeps its state across a restart, and does not outlive a posflow that crashed.
+Independent of the workflow code."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import socket
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import structlog
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
@@ -57,6 +64,58 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def exited(pid: int) -> bool:
+    """Whether `pid` is gone or a zombie (it has let go of its ports and its data file)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state == "Z"
+
+
+async def gone(pid: int, seconds: float) -> bool:
+    """Whether `pid` exits within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not exited(pid):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def connect_when_ready(address: str, seconds: float = 30) -> Client:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            client = await Client.connect(address)
+            await client.workflow_service.describe_namespace(
+                DescribeNamespaceRequest(namespace="default")
+            )
+            return client
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A posflow stand-in: starts a dev server, prints its pid, and waits to be killed.
+STARTER = """
+import asyncio, sys
+from pathlib import Path
+from workers.dev_server import DevServer
+
+async def main():
+    server = DevServer(port=int(sys.argv[1]), headless=True, db_file=Path(sys.argv[2]))
+    await server.start()
+    print(server.pid, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
 
 
 def test_posflow_help_needs_no_server() -> None:
@@ -139,3 +198,113 @@ def test_the_sqlite_synchronous_level_is_configurable(
     monkeypatch.setenv("POSFLOW_SQLITE_SYNCHRONOUS", "sometimes")
     with pytest.raises(DevServerError, match="POSFLOW_SQLITE_SYNCHRONOUS"):
         DevServer(db_file=db_file)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+async def test_a_killed_posflow_takes_its_server_along_and_the_next_start_keeps_the_data(
+    tmp_path: Path,
+) -> None:
+    db_file = tmp_path / "temporal.db"
+    port = free_port()
+    starter = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", STARTER, str(port), str(db_file),
+        cwd=REPO, stdout=asyncio.subprocess.PIPE,  # its stderr is captured with the test's
+    )  # fmt: skip
+    assert starter.stdout is not None
+    first = 0
+    try:
+        first = int(await asyncio.wait_for(starter.stdout.readline(), 30))
+        client = await Client.connect(f"127.0.0.1:{port}")
+        await client.start_workflow("Anything", id="before-the-crash", task_queue="nobody")
+
+        starter.kill()  # SIGKILL: posflow gets no chance to stop its server
+        await starter.wait()
+        assert await gone(first, 10), "the dev server outlived the process that started it"
+
+        server = DevServer(port=port, headless=True, db_file=db_file)
+        async with server:
+            assert server.replaced_pid is None  # nothing was left behind to stop
+            client = await Client.connect(server.address)
+            kept = await client.get_workflow_handle("before-the-crash").describe()
+            assert kept.status == WorkflowExecutionStatus.RUNNING
+
+            # While its starter lives, a server is in use, not left behind: no second one.
+            with pytest.raises(DevServerError, match="in use by the Temporal dev server"):
+                await DevServer(port=free_port(), headless=True, db_file=db_file).start()
+            assert server.running
+    finally:
+        if starter.returncode is None:
+            starter.kill()
+            await starter.wait()
+        if first and not exited(first):
+            os.kill(first, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
+async def test_a_server_left_behind_is_stopped_and_replaced(tmp_path: Path) -> None:
+    db_file = tmp_path / "temporal.db"
+    server = DevServer(port=free_port(), headless=True, db_file=db_file)
+    # Left behind as by an older posflow, which wrote the server's pid only, and without the
+    # parent-death signal.
+    leftover = await asyncio.create_subprocess_exec(
+        *server.command(),
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        server.pid_file.write_text(f"{leftover.pid}\n")
+        client = await connect_when_ready(server.address)
+        await client.start_workflow("Anything", id="left-behind", task_queue="nobody")
+
+        with structlog.testing.capture_logs() as logs:
+            await server.start()
+        try:
+            assert server.replaced_pid == leftover.pid
+            await asyncio.wait_for(leftover.wait(), 5)  # it had exited: only reaped here
+            stopped = [
+                entry for entry in logs if entry["event"] == "left_behind_dev_server_stopped"
+            ]
+            assert len(stopped) == 1
+            assert stopped[0]["pid"] == leftover.pid
+            assert stopped[0]["log_level"] == "warning"
+            client = await Client.connect(server.address)
+            kept = await client.get_workflow_handle("left-behind").describe()
+            assert kept.status == WorkflowExecutionStatus.RUNNING
+            assert server.pid_file.read_text().split() == [str(server.pid), str(os.getpid())]
+        finally:
+            await server.stop()
+    finally:
+        if leftover.returncode is None:
+            leftover.kill()
+            await leftover.wait()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
+async def test_a_foreign_process_on_the_port_is_not_killed(tmp_path: Path) -> None:
+    db_file = tmp_path / "temporal.db"
+    port = free_port()
+    # The worst case: the pid file names it, and it even calls itself `temporal server
+    # start-dev` - but on another data file.
+    decoy = tmp_path / "bin" / "temporal"
+    decoy.parent.mkdir()
+    decoy.symlink_to(sys.executable)
+    holder = await asyncio.create_subprocess_exec(
+        str(decoy), "-c",
+        "import socket, sys, time\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[-1]))); s.listen()\n"
+        "print('listening', flush=True); time.sleep(60)",
+        "server", "start-dev", "--db-filename", str(tmp_path / "other.db"), str(port),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert await asyncio.wait_for(holder.stdout.readline(), 10) == b"listening\n"
+        server = DevServer(port=port, headless=True, db_file=db_file, stop_timeout=1)
+        server.pid_file.write_text(f"{holder.pid}\n")
+        with pytest.raises(DevServerError, match=f"port 127.0.0.1:{port} is already in use"):
+            await server.start()
+        assert holder.returncode is None and not exited(holder.pid)
+        assert server.pid is None and server.replaced_pid is None
+    finally:
+        holder.kill()
+        await holder.wait()

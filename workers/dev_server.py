@@ -1,20 +1,29 @@
 """The embedded Temporal dev server behind `posflow up`: one local process, state in a SQLite file
-under `.posflow/` so applications in flight survive a restart."""
+under `.posflow/` so applications in flight survive a restart.
+
+A server must not outlive the posflow that started it: on Linux the kernel sends it SIGTERM when
+its parent dies, even by SIGKILL. One left behind anyway (by an older posflow, or where that
+signal does not exist) is recognised by the pid file, its command line and its data file, and is
+stopped by the next `start` on the same data file.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+import structlog
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
 
@@ -27,6 +36,10 @@ SQLITE_SYNCHRONOUS_LEVELS = ("off", "normal", "full", "extra")
 # application accepted before a power cut is still there afterwards; `normal` is faster but may
 # lose the last commits. Losing a case is worse than a slower laptop demo.
 DEFAULT_SQLITE_SYNCHRONOUS = "full"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_HAVE_PROC = Path("/proc/self/cmdline").exists()
+
+log = structlog.get_logger(__name__)
 
 
 class DevServerError(RuntimeError):
@@ -69,6 +82,100 @@ def _port_in_use(ip: str, port: int) -> bool:
     return False
 
 
+def _die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the child receive SIGTERM when its parent dies; None off Linux.
+
+    Strictly: when the parent *thread* that forks ends, which is the thread running the event
+    loop (the main thread under `posflow up`). libc is looked up here, before the fork, so the
+    child only makes the call.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    parent = os.getpid()
+    sigterm = int(signal.SIGTERM)
+
+    def in_child() -> None:
+        prctl(PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
+        if os.getppid() != parent:
+            # The parent died between the fork and the prctl call: nobody will stop this server.
+            os._exit(1)
+
+    return in_child
+
+
+def _proc(pid: int, name: str) -> bytes | None:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_bytes()
+    except OSError:  # gone, not ours to read, or no /proc
+        return None
+
+
+def _parent_and_state(pid: int) -> tuple[int, str] | None:
+    stat = _proc(pid, "stat")
+    if stat is None:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last.
+    fields = stat.rsplit(b")", 1)[-1].split()
+    try:
+        return int(fields[1]), fields[0].decode()
+    except (IndexError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = _parent_and_state(pid)
+    return stat is None or stat[1] != "Z"  # a zombie has exited and let go of its ports
+
+
+def _dev_server_db_file(pid: int) -> Path | None:
+    """The data file of process `pid` if it is a `temporal server start-dev`, else None."""
+    raw = _proc(pid, "cmdline")
+    if not raw:
+        return None
+    args = [os.fsdecode(arg) for arg in raw.rstrip(b"\0").split(b"\0")]
+    if Path(args[0]).name != "temporal" or not any(
+        args[i : i + 2] == ["server", "start-dev"] for i in range(1, len(args))
+    ):
+        return None
+    db: str | None = None
+    for i, arg in enumerate(args):
+        if arg in ("--db-filename", "-f") and i + 1 < len(args):
+            db = args[i + 1]
+        elif arg.startswith("--db-filename="):
+            db = arg.partition("=")[2]
+    if not db:
+        return None  # an in-memory server: no data file, so not one of ours
+    path = Path(db)
+    if not path.is_absolute():
+        try:
+            path = Path(os.readlink(f"/proc/{pid}/cwd")) / path
+        except OSError:
+            return None
+    return Path(os.path.realpath(path))
+
+
+async def _poll(condition: Callable[[], bool], seconds: float) -> bool:
+    """Check `condition` every 50 ms until it holds or `seconds` pass; whether it held."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
 def _tail(path: Path, lines: int = 20) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -81,7 +188,9 @@ class DevServer:
     """`temporal server start-dev` as a child process, as an async context manager.
 
     The child runs in its own process group: a Ctrl-C at the terminal reaches posflow only, which
-    stops its worker first and the server last.
+    stops its worker first and the server last. On Linux it also gets SIGTERM when posflow dies
+    without stopping it, and `start` stops a server on the same data file that an earlier run
+    left behind (its pid is then in `replaced_pid`).
     """
 
     def __init__(
@@ -113,6 +222,7 @@ class DevServer:
         self.log_file = self.db_file.with_suffix(".log")
         self.pid_file = self.db_file.with_suffix(".pid")
         self._process: asyncio.subprocess.Process | None = None
+        self.replaced_pid: int | None = None
 
     @property
     def address(self) -> str:
@@ -160,15 +270,22 @@ class DevServer:
         if self.running:
             return
         command = self.command()
+        await self._stop_left_behind()
         self._check_ports_free()
         self.db_file.parent.mkdir(parents=True, exist_ok=True)
         # A file, not a pipe: nobody drains a pipe while the server runs, and a full pipe would
         # block the server.
-        with self.log_file.open("wb") as log:
+        with self.log_file.open("wb") as output:
             self._process = await asyncio.create_subprocess_exec(
-                *command, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, process_group=0
+                *command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=output,
+                stderr=output,
+                process_group=0,
+                preexec_fn=_die_with_parent(),
             )
-        self.pid_file.write_text(f"{self._process.pid}\n")
+        # The server, and the process it belongs to: while that one is its parent, it is in use.
+        self.pid_file.write_text(f"{self._process.pid}\n{os.getpid()}\n")
         try:
             await self._wait_until_ready()
         except BaseException:
@@ -216,17 +333,71 @@ class DevServer:
         for port in ports:
             if _port_in_use(self.ip, port):
                 hint = ""
-                earlier = self._earlier_pid()
-                if earlier is not None:
-                    hint = f" (the dev server posflow started as pid {earlier} is still running)"
+                recorded = self._recorded()
+                if recorded is not None and _alive(recorded[0]) and not _HAVE_PROC:
+                    # Without /proc it cannot be told apart from a process that reuses the pid.
+                    hint = f" (the dev server posflow started as pid {recorded[0]} may still run)"
                 raise DevServerError(f"port {self.ip}:{port} is already in use{hint}")
 
-    def _earlier_pid(self) -> int | None:
+    def _recorded(self) -> tuple[int, int | None] | None:
+        """The pid file: the server's pid, and the pid of the process that started it (absent in
+        files written by older versions)."""
         try:
-            pid = int(self.pid_file.read_text().strip())
-            os.kill(pid, 0)
+            fields = [int(field) for field in self.pid_file.read_text().split()]
         except (OSError, ValueError):
             return None
+        if not fields:
+            return None
+        return fields[0], fields[1] if len(fields) > 1 else None
+
+    async def _stop_left_behind(self) -> None:
+        """Stop the dev server on our data file that an earlier run left behind, then wait for
+        its ports; a port taken by anything else is left to `_check_ports_free`.
+
+        Only the process the pid file names is considered, and only if /proc shows a `temporal
+        server start-dev` on this very data file. If the process that started it is still its
+        parent, that posflow is still running and keeps its server: an error, not a kill.
+        """
+        pid = self._left_behind()
+        if pid is None:
+            return
+        for sig, timeout in ((signal.SIGTERM, self.stop_timeout), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            if await _poll(lambda: not _alive(pid), timeout):
+                break
+        else:
+            raise DevServerError(
+                f"the dev server an earlier posflow run left running (pid {pid}) did not stop"
+            )
+        self.pid_file.unlink(missing_ok=True)
+        self.replaced_pid = pid
+        log.warning(
+            "left_behind_dev_server_stopped",
+            pid=pid,
+            db_file=str(self.db_file),
+            detail="an earlier posflow run ended without stopping its Temporal dev server; "
+            "a new one starts on the same data file, so applications in flight are kept",
+        )
+        ports = [self.port] if self.headless else [self.port, self.ui_port]
+        await _poll(lambda: not any(_port_in_use(self.ip, port) for port in ports), 5.0)
+
+    def _left_behind(self) -> int | None:
+        """The pid of a dev server on our data file that nobody will stop, if there is one."""
+        recorded = self._recorded()
+        if recorded is None:
+            return None
+        pid, owner = recorded
+        if not _alive(pid) or _dev_server_db_file(pid) != Path(os.path.realpath(self.db_file)):
+            return None  # gone, or the pid now belongs to another process
+        parent = _parent_and_state(pid)
+        if owner is not None and parent is not None and parent[0] == owner:
+            raise DevServerError(
+                f"{self.db_file} is in use by the Temporal dev server pid {pid}, started by pid "
+                f"{owner} which is still running; stop that one first"
+            )
+        # No owner recorded (an older posflow), or the owner died and the server was given
+        # another parent: nobody will stop it but us.
         return pid
 
     async def _wait_until_ready(self) -> None:
