@@ -9,7 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from pydantic import AwareDatetime, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
 from schemas.application import Model
 from schemas.documents import DocumentKind, FieldIssue
@@ -134,6 +134,14 @@ class SubmissionResult(Model):
     issues: list[FieldIssue] = Field(default_factory=list)
     outstanding: list[DocumentKind] = Field(default_factory=list)
     complete: bool = False
+
+
+def message_id(message: BaseModel) -> MessageId:
+    """The id a message is acknowledged by, whatever its kind calls it."""
+    for name in ("decision_id", "event_id", "request_id", "submission_id"):
+        if isinstance(value := getattr(message, name, None), str):
+            return value
+    raise TypeError(f"{type(message).__name__} carries no message id")
 
 
 class Refusal(StrEnum):

@@ -6,6 +6,7 @@ call in order, and can be told to fail or decline, so a test asserts on which st
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,7 +44,26 @@ class StandIns:
     failures: dict[str, int] = field(default_factory=dict)  # name -> failures left, -1: always
     declines: int = 0  # how many test transactions to decline before approving
     projections: list[Projection] = field(default_factory=list)  # kept apart from `calls`
+    # What each service recorded per (application, service): read back when a deadline passes.
+    recorded: dict[tuple[str, str], list[steps.ServiceEvent]] = field(default_factory=dict)
+    # A step named here waits for its gate before answering (the test opens it).
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)
+    started: dict[str, asyncio.Event] = field(default_factory=dict)  # set when a gated step runs
     _numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def hold(self, name: str) -> asyncio.Event:
+        """Make step `name` wait for the returned gate (set it to let the step answer)."""
+        self.gates[name] = asyncio.Event()
+        self.started[name] = asyncio.Event()
+        return self.gates[name]
+
+    def record(self, application_id: str, service: str, kind: str, body: BaseModel) -> None:
+        """A message the service recorded (as if its callback was lost on the way)."""
+        self.recorded.setdefault((application_id, service), []).append(
+            steps.ServiceEvent(
+                kind=kind, body=body.model_dump(mode="json"), recorded_at=datetime.now(UTC)
+            )
+        )
 
     def fail(self, name: str, times: int = -1) -> None:
         self.failures[name] = times
@@ -86,6 +106,9 @@ class StandIns:
             name: str, make: Callable[[Any, int], BaseModel], request_type: type[Req]
         ) -> Callable[..., Any]:
             async def run(request: Req) -> BaseModel:
+                if (gate := s.gates.get(name)) is not None:
+                    s.started[name].set()
+                    await gate.wait()
                 return make(request, s._record(name, request))
 
             run.__annotations__ = {"request": request_type, "return": BaseModel}
@@ -116,8 +139,16 @@ class StandIns:
             s.projections.append(snapshot)
             return ProjectionReceipt(applied=True, version=snapshot.version)
 
+        @activity.defn(name=catalog.READ_SERVICE_EVENTS)
+        async def read_events(request: steps.ReadServiceEvents) -> steps.ServiceEvents:
+            s._record(catalog.READ_SERVICE_EVENTS, request)
+            return steps.ServiceEvents(
+                events=s.recorded.get((request.application_id, request.service), [])
+            )
+
         return [
             *([project] if projection else []),
+            read_events,
             validate,
             answer(
                 catalog.NOTIFY_MERCHANT,

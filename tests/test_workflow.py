@@ -337,12 +337,20 @@ async def test_review_sla_escalates_then_flags_at_the_hard_deadline(bench: Bench
     status = await run.parked()
 
     assert [r.level for r in bench.services.requests(act.ESCALATE_REVIEW)] == [1, 2]
+    # At the SLA and at the deadline the review service was asked for a lost decision first.
+    asked = bench.services.requests(act.READ_SERVICE_EVENTS)
+    assert [(r.application_id, r.service) for r in asked] == [(run.app.application_id, "review")] * 2
     assert status.attention is not None
     assert status.attention.kind is AttentionKind.REVIEW_OVERDUE
-    assert not status.attention.retryable
     assert await run.search_attribute(sa.NEEDS_ATTENTION.name) is True
-    # An admin cannot "retry" somebody else's decision; the decision itself clears the flag.
-    assert (await refused(run.admin("retry"))).type == "NotParked"
+    # An admin's retry asks the review service again: still nothing, so it stays flagged.
+    assert status.attention.retryable
+    await run.admin("retry")
+    status = await run.until(
+        lambda s: len(run.events(s, "needs_attention")) == 2, "flagged again after the retry"
+    )
+    assert status.attention is not None and status.stage is Stage.IN_REVIEW
+    assert len(bench.services.requests(act.READ_SERVICE_EVENTS)) == 3
     await run.decide(ReviewOutcome.APPROVED)
     status = await run.at(Stage.CONTRACT)
     assert status.attention is None

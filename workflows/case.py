@@ -7,7 +7,8 @@ sandbox, so it is imported once per worker rather than once per workflow run.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -29,6 +30,7 @@ from schemas.messages import (
     Refusal,
     ReviewDecision,
     ReviewOutcome,
+    ShipmentScan,
     SiteSurveyResult,
     TerminalActivated,
     TrainingCompleted,
@@ -56,6 +58,19 @@ from workflows import search_attributes as sa
 
 # Workflows started before the gateway's projection existed replay without sending snapshots.
 PROJECTION_PATCH = "project-status-to-gateway"
+# Workflows started before these changes replay as they ran; each marker is written only where
+# the new behaviour differs: a deadline reads the service back, a withdrawal accepted during a
+# step stops right after it, an escalation is best effort, a refused recall becomes a return.
+PULL_PATCH = "pull-service-on-deadline"
+CHECKPOINT_PATCH = "stop-after-step-when-withdrawn"
+BEST_EFFORT_PATCH = "best-effort-escalation"
+RETURN_PATCH = "return-when-recall-refused"
+
+# The logistics service's refusal to recall a parcel already delivered.
+SHIPMENT_DELIVERED = "shipment_delivered"
+
+# How often a snapshot is tried before it is given up (about half an hour at the default policy).
+PROJECTION_ATTEMPTS = 30
 
 # China has no daylight saving time: a fixed offset gives the merchant's calendar date.
 CHINA = timezone(timedelta(hours=8), "CST")
@@ -116,6 +131,7 @@ class Case:
     shipment: Shipment | None = None
     installation: Installation | None = None
     delivery: DeliveryOutcome | None = None
+    past_deliveries: list[str] = field(default_factory=list)  # shipments/appointments replaced
     training_session_id: str | None = None
     training: TrainingCompleted | None = None
     attention: Attention | None = None
@@ -126,6 +142,9 @@ class Case:
     timeline: list[TimelineEvent] = field(default_factory=list)
     stage_entered: dict[str, datetime] = field(default_factory=dict)
     acks: dict[str, Ack] = field(default_factory=dict)
+    # Steps still creating what a message may refer to (a review case, a contract, a shipment...):
+    # a message for it is accepted as pending and applied once the step has recorded it.
+    creating: set[str] = field(default_factory=set)
     undo: list[Undo] = field(default_factory=list)
     compensated: list[str] = field(default_factory=list)
     notices_sent: int = 0
@@ -280,20 +299,27 @@ class Case:
         self._projected = snapshot
         policy = self.start.policy
         self.projections = [h for h in self.projections if not h.done()]
-        self.projections.append(
-            workflow.start_activity(
-                catalog.PROJECT_STATUS,
-                snapshot,
-                result_type=ProjectionReceipt,
-                start_to_close_timeout=policy.activity_timeout,
-                retry_policy=RetryPolicy(
-                    initial_interval=policy.activity_retry_interval,
-                    maximum_interval=policy.activity_retry_max_interval,
-                    maximum_attempts=0,  # until delivered: see activities/projection.py
-                ),
-                summary=f"project {self.stage.value}",
-            )
+        handle = workflow.start_activity(
+            catalog.PROJECT_STATUS,
+            snapshot,
+            result_type=ProjectionReceipt,
+            start_to_close_timeout=policy.activity_timeout,
+            # Bounded: a gateway that is down or refuses the worker's signature must not keep
+            # a finishing workflow open; the next snapshot carries the whole state anyway.
+            retry_policy=RetryPolicy(
+                initial_interval=policy.activity_retry_interval,
+                maximum_interval=policy.activity_retry_max_interval,
+                maximum_attempts=PROJECTION_ATTEMPTS,
+            ),
+            summary=f"project {self.stage.value}",
         )
+        handle.add_done_callback(self._projection_done)
+        self.projections.append(handle)
+
+    def _projection_done(self, handle: workflow.ActivityHandle[ProjectionReceipt]) -> None:
+        """A snapshot given up on is logged, never raised: the list pages catch up on the next."""
+        if not handle.cancelled() and (error := handle.exception()) is not None:
+            self.log(logging.WARNING, "projection_given_up", error=str(error))
 
     def projected(self) -> bool:
         """Every snapshot delivered: the workflow may end."""
@@ -368,35 +394,81 @@ class Case:
                 f"application {self.app_id} is in stage {self.stage.value}",
             )
 
-    def check_decision(self, decision: ReviewDecision) -> None:
-        self.expect_stage("a review decision", Stage.IN_REVIEW)
-        if decision.case_id != self.review.case_id:
-            raise refuse(
-                Refusal.UNKNOWN_REFERENCE,
-                f"review case {decision.case_id} is not this application's",
-            )
-        if decision.round != self.round:
+    # Each check below answers for one message: False, it can be applied now; True, it refers to
+    # something a step is still creating (accepted as pending: the handler waits and checks
+    # again); or it raises the refusal. Validators and handlers both call it, and so does the
+    # workflow for a message it reads back from a service (push, then pull).
+
+    @contextmanager
+    def step_creating(self, what: str) -> Iterator[None]:
+        """Mark a reference as being created while its step runs (and while it is parked)."""
+        self.creating.add(what)
+        try:
+            yield
+        finally:
+            self.creating.discard(what)
+
+    @property
+    def current_case_id(self) -> str | None:
+        """The review case of this round, once it is opened."""
+        if self.review.rounds and self.review.rounds[-1].round == self.round:
+            return self.review.rounds[-1].case_id
+        return None
+
+    def check_decision(self, decision: ReviewDecision) -> bool:
+        if decision.round < self.round:
             raise refuse(
                 Refusal.STALE,
                 f"decision {decision.decision_id} is for review round {decision.round}; "
                 f"the application is in round {self.round}",
+            )
+        # A high-risk case is decided after its site survey: a decision before it is refused.
+        self.expect_stage("a review decision", Stage.IN_REVIEW)
+        if decision.round > self.round:
+            raise refuse(
+                Refusal.UNKNOWN_REFERENCE,
+                f"review round {decision.round} has not started; the application is in round "
+                f"{self.round}",
+            )
+        if "review_case" in self.creating:
+            return True
+        if decision.case_id != self.current_case_id:
+            raise refuse(
+                Refusal.UNKNOWN_REFERENCE,
+                f"review case {decision.case_id} is not this application's",
             )
         if self.decision is not None:
             raise refuse(
                 Refusal.STALE,
                 f"round {self.round} already has decision {self.decision.decision_id}",
             )
+        return False
 
-    def check_survey(self, result: SiteSurveyResult) -> None:
+    def check_survey(self, result: SiteSurveyResult) -> bool:
         self.expect_stage("a site survey result", Stage.SITE_SURVEY)
+        if "survey" in self.creating:
+            return True
         if result.survey_id != self.review.survey_id:
             raise refuse(
                 Refusal.UNKNOWN_REFERENCE,
                 f"site survey {result.survey_id} is not this application's",
             )
+        if self.survey is not None:
+            raise refuse(Refusal.STALE, f"site survey {result.survey_id} already has a result")
+        return False
 
-    def check_contract_event(self, event: ContractEvent) -> None:
-        self.expect_stage("a contract event", Stage.CONTRACT)
+    def check_contract_event(self, event: ContractEvent) -> bool:
+        policy = self.start.policy
+        late_payment = (
+            self.closing
+            and event.kind is ContractEventKind.DEPOSIT_PAID
+            and self.contract.contract_id is not None
+        )
+        if not late_payment:
+            # A deposit paid while the application closes is taken, and refunded: money comes back.
+            self.expect_stage("a contract event", Stage.CONTRACT)
+            if "contract" in self.creating:
+                return True
         if event.contract_id != self.contract.contract_id:
             raise refuse(
                 Refusal.UNKNOWN_REFERENCE, f"contract {event.contract_id} is not this application's"
@@ -404,8 +476,8 @@ class Case:
         if event.kind is ContractEventKind.SIGNED and self.contract.signed_at is not None:
             raise refuse(Refusal.STALE, "the contract is already signed")
         if event.kind is ContractEventKind.DEPOSIT_PAID:
-            due = self.start.policy.deposit_amount
-            if not self.start.policy.deposit_due:
+            due = policy.deposit_amount
+            if not policy.deposit_due:
                 raise refuse(Refusal.INVALID, "no deposit is due under this application's policy")
             if self.contract.deposit_paid_at is not None:
                 raise refuse(Refusal.STALE, "the deposit is already paid")
@@ -413,17 +485,18 @@ class Case:
                 raise refuse(
                     Refusal.INVALID, f"amount: the deposit due is {due}, not {event.amount}"
                 )
+        return False
 
-    def check_delivery(self, outcome: DeliveryOutcome) -> None:
+    def check_delivery(self, outcome: DeliveryOutcome) -> bool:
         self.expect_stage("a delivery outcome", Stage.DELIVERING)
-        current = (
-            self.shipment.shipment_id
-            if self.shipment
-            else self.installation.appointment_id
-            if self.installation
-            else None
-        )
-        if outcome.reference != current:
+        if outcome.reference in self.past_deliveries:
+            raise refuse(
+                Refusal.STALE,
+                f"{outcome.reference} belongs to an earlier delivery attempt, since replaced",
+            )
+        if "dispatch" in self.creating:
+            return True
+        if outcome.reference != self.delivery_reference:
             raise refuse(
                 Refusal.UNKNOWN_REFERENCE,
                 f"{outcome.reference} is not the application's current shipment or appointment",
@@ -432,30 +505,64 @@ class Case:
             raise refuse(
                 Refusal.STALE, f"the delivery outcome is already {self.delivery.kind.value}"
             )
+        return False
 
-    def check_activation(self, report: TerminalActivated) -> None:
+    @property
+    def delivery_reference(self) -> str | None:
+        if self.shipment is not None:
+            return self.shipment.shipment_id
+        return self.installation.appointment_id if self.installation else None
+
+    def check_activation(self, report: TerminalActivated) -> bool:
         self.expect_stage("an activation report", Stage.ACTIVATING)
         terminal = self.terminals.get(report.serial)
-        if terminal is None or not terminal.activation_code_issued:
+        if terminal is None:
             raise refuse(
-                Refusal.UNKNOWN_REFERENCE,
-                f"terminal {report.serial} has no activation code for this application",
+                Refusal.UNKNOWN_REFERENCE, f"terminal {report.serial} is not this application's"
             )
         if terminal.tid != report.tid:
             raise refuse(
                 Refusal.INVALID,
                 f"tid: terminal {report.serial} is registered as {terminal.tid}, not {report.tid}",
             )
+        if "activation_codes" in self.creating:
+            return True
+        if not terminal.activation_code_issued:
+            raise refuse(
+                Refusal.UNKNOWN_REFERENCE,
+                f"terminal {report.serial} has no activation code for this application",
+            )
         if terminal.activated_at is not None:
             raise refuse(Refusal.STALE, f"terminal {report.serial} is already activated")
+        return False
 
-    def check_training(self, done: TrainingCompleted) -> None:
+    def check_training(self, done: TrainingCompleted) -> bool:
         self.expect_stage("a training completion", Stage.TRAINING)
+        if "training" in self.creating:
+            return True
         if done.session_id != self.training_session_id:
             raise refuse(
                 Refusal.UNKNOWN_REFERENCE,
                 f"training session {done.session_id} is not this application's",
             )
+        if self.training is not None:
+            raise refuse(Refusal.STALE, f"training session {done.session_id} is already complete")
+        return False
+
+    def check_scan(self, scan: ShipmentScan) -> bool:
+        if "dispatch" in self.creating and not self.stage.finished:
+            return True
+        if self.shipment is None or self.shipment.shipment_id != scan.shipment_id:
+            raise refuse(Refusal.UNKNOWN_REFERENCE, f"scan for unknown shipment {scan.shipment_id}")
+        return False
+
+    @staticmethod
+    def waiting(check: Callable[[], bool]) -> bool:
+        """Whether a pending message must still wait (a refusal stops the wait: it is final)."""
+        try:
+            return check()
+        except ApplicationError:
+            return False
 
     def check_cancel(self, request: CancelRequest) -> None:
         if self.cancel is not None:

@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
@@ -16,7 +16,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities import catalog as act
     from schemas import steps
-    from schemas.application import Fulfilment
+    from schemas.application import Address, Fulfilment
     from schemas.documents import DocumentSubmission, ValidationReport
     from schemas.messages import (
         Ack,
@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         SubmissionResult,
         TerminalActivated,
         TrainingCompleted,
+        message_id,
     )
     from schemas.status import (
         ApplicationStatus,
@@ -46,9 +47,21 @@ with workflow.unsafe.imports_passed_through():
         Stage,
         Terminal,
     )
-    from workflows.case import CHINA, Case, Ended, Undo, refuse
+    from workflows.case import (
+        BEST_EFFORT_PATCH,
+        CHECKPOINT_PATCH,
+        CHINA,
+        PULL_PATCH,
+        RETURN_PATCH,
+        SHIPMENT_DELIVERED,
+        Case,
+        Ended,
+        Undo,
+        refuse,
+    )
 
 T = TypeVar("T", bound=BaseModel)
+Message = TypeVar("Message", bound=BaseModel)
 
 
 @workflow.defn(name="PosOnboarding")
@@ -60,6 +73,8 @@ class PosOnboarding:
         self.policy = start.policy
         self._documents_lock = asyncio.Lock()
         self._submissions: dict[str, SubmissionResult] = {}
+        self._submitting = 0  # submissions accepted and not yet answered
+        self._documents_closed = False  # the deadline passed: no new submission is accepted
         self.closing_reason = ""
 
     @property
@@ -91,6 +106,7 @@ class PosOnboarding:
         if self.case.requested_documents:
             kinds = ", ".join(k.value for k in self.case.requested_documents)
             await self.notify(steps.Notice.MORE_INFORMATION_NEEDED, f"please supply again: {kinds}")
+        self._documents_closed = False
         complete = await self.wait_with_reminders(
             lambda: not self.case.outstanding(),
             started,
@@ -98,6 +114,12 @@ class PosOnboarding:
             self.policy.document_reminders,
             steps.Notice.DOCUMENTS_REMINDER,
         )
+        if not complete:
+            # A submission accepted before the deadline is validated and counted before the
+            # application expires; none is accepted from now on.
+            self._documents_closed = True
+            await workflow.wait_condition(lambda: self._submitting == 0)
+            complete = not self.case.outstanding()
         if not complete:
             missing = ", ".join(k.value for k in self.case.outstanding())
             raise Ended(Stage.EXPIRED, f"documents incomplete at the deadline: {missing}")
@@ -110,37 +132,40 @@ class PosOnboarding:
         case = self.case
         case.enter(Stage.IN_REVIEW)
         case.decision = None
-        opened = await self.step(
-            act.OPEN_REVIEW_CASE,
-            steps.OpenReviewCase(
-                idempotency_key=case.key("open_review_case", case.round),
-                application_id=case.app_id,
-                round=case.round,
-                merchant_name=self.app.merchant.name,
-                merchant_type=self.app.merchant.merchant_type.value,
-                channel=self.app.channel.value,
-                business_category=self.app.merchant.business_category,
-                documents=list(case.documents.values()),
-            ),
-            steps.ReviewCaseOpened,
-        )
-        if case.review.case_id is None:
+        with case.step_creating("review_case"):
+            opened = await self.step(
+                act.OPEN_REVIEW_CASE,
+                steps.OpenReviewCase(
+                    idempotency_key=case.key("open_review_case", case.round),
+                    application_id=case.app_id,
+                    round=case.round,
+                    merchant_name=self.app.merchant.name,
+                    merchant_type=self.app.merchant.merchant_type.value,
+                    channel=self.app.channel.value,
+                    business_category=self.app.merchant.business_category,
+                    documents=list(case.documents.values()),
+                ),
+                steps.ReviewCaseOpened,
+            )
+            first = case.review.case_id is None
+            # The case of the current round: a decision names it, a withdrawal closes it.
             case.review.case_id = opened.case_id
-            case.review.risk_level = opened.risk_level
-            case_id = opened.case_id
+            case.review.risk_level = case.review.risk_level or opened.risk_level
+            case.review.rounds.append(
+                ReviewRound(round=case.round, case_id=opened.case_id, opened_at=workflow.now())
+            )
+        if first:
             self.on_undo(
                 "close_review_case",
                 act.CLOSE_REVIEW_CASE,
                 lambda: steps.CloseReviewCase(
                     idempotency_key=case.key("close_review_case"),
                     application_id=case.app_id,
-                    case_id=case_id,
+                    case_id=case.review.case_id or opened.case_id,
                     reason=self.closing_reason,
                 ),
             )
-        case.review.rounds.append(
-            ReviewRound(round=case.round, case_id=opened.case_id, opened_at=workflow.now())
-        )
+        self.checkpoint()
         case.event("review_opened", opened.case_id, round=case.round, risk=opened.risk_level.value)
         if case.review.survey_passed is None and self.policy.requires_site_survey(
             opened.risk_level
@@ -159,15 +184,16 @@ class PosOnboarding:
         def decided() -> bool:
             return case.decision is not None
 
-        if not await self.wait(decided, sla_at):
+        if not await self.wait(decided, sla_at) and not await self.pulled("review", decided):
             await self.escalate(1, sla_at)
-            if not await self.wait(decided, deadline):
+            if not await self.wait(decided, deadline) and not await self.pulled("review", decided):
                 await self.escalate(2, deadline)
                 await self.wait_overdue(
                     AttentionKind.REVIEW_OVERDUE,
                     "review_decision",
                     f"no review decision by {deadline.isoformat()}",
                     decided,
+                    "review",
                 )
         decision = case.decision
         assert decision is not None
@@ -192,29 +218,32 @@ class PosOnboarding:
         case = self.case
         assert case.review.case_id is not None
         case.enter(Stage.SITE_SURVEY, workflow.now() + self.policy.site_survey_deadline)
-        requested = await self.step(
-            act.REQUEST_SITE_SURVEY,
-            steps.RequestSiteSurvey(
-                idempotency_key=case.key("request_site_survey"),
-                application_id=case.app_id,
-                case_id=case.review.case_id,
-                address=self.app.merchant.address,
-            ),
-            steps.SiteSurveyRequested,
-        )
-        case.review.survey_id = requested.survey_id
+        with case.step_creating("survey"):
+            requested = await self.step(
+                act.REQUEST_SITE_SURVEY,
+                steps.RequestSiteSurvey(
+                    idempotency_key=case.key("request_site_survey"),
+                    application_id=case.app_id,
+                    case_id=case.review.case_id,
+                    address=self.app.merchant.address,
+                ),
+                steps.SiteSurveyRequested,
+            )
+            case.review.survey_id = requested.survey_id
+        self.checkpoint()
 
         def surveyed() -> bool:
             return case.survey is not None
 
         deadline = case.deadlines.stage_deadline
         assert deadline is not None
-        if not await self.wait(surveyed, deadline):
+        if not await self.wait(surveyed, deadline) and not await self.pulled("review", surveyed):
             await self.wait_overdue(
                 AttentionKind.SITE_SURVEY_OVERDUE,
                 "site_survey",
                 f"no site survey result by {deadline.isoformat()}",
                 surveyed,
+                "review",
             )
         assert case.survey is not None
         case.review.survey_passed = case.survey.passed
@@ -225,18 +254,23 @@ class PosOnboarding:
         case = self.case
         assert case.review.case_id is not None
         case.current_round.escalations = level
-        await self.try_step(
-            act.ESCALATE_REVIEW,
-            steps.EscalateReview(
-                idempotency_key=case.key("escalate_review", case.round, level),
-                application_id=case.app_id,
-                case_id=case.review.case_id,
-                round=case.round,
-                level=level,
-                overdue_since=overdue_since,
-            ),
-            steps.Escalated,
+        request = steps.EscalateReview(
+            idempotency_key=case.key("escalate_review", case.round, level),
+            application_id=case.app_id,
+            case_id=case.review.case_id,
+            round=case.round,
+            level=level,
+            overdue_since=overdue_since,
         )
+        if not workflow.patched(BEST_EFFORT_PATCH):
+            await self.try_step(act.ESCALATE_REVIEW, request, steps.Escalated)
+        else:
+            # Best effort: an escalation that cannot be sent must not hold up a decision.
+            try:
+                await self.execute(act.ESCALATE_REVIEW, request, steps.Escalated)
+            except ActivityError as err:
+                case.event("escalation_failed", f"level {level}: {_reason(err)}", level=level)
+                return
         case.event("review_escalated", f"level {level}", level=level, round=case.round)
 
     # --- 3. contract and deposit ----------------------------------------------------------------
@@ -247,21 +281,22 @@ class PosOnboarding:
         deadline = started + self.policy.contract_deadline
         case.enter(Stage.CONTRACT, deadline)
         case.contract.deposit_due = str(self.policy.deposit_amount)
-        issued = await self.step(
-            act.ISSUE_CONTRACT,
-            steps.IssueContract(
-                idempotency_key=case.key("issue_contract"),
-                application_id=case.app_id,
-                merchant_name=self.app.merchant.name,
-                channel=self.app.channel.value,
-                deposit_amount=self.policy.deposit_amount,
-                device_model=self.app.device_order.model,
-                quantity=self.app.device_order.quantity,
-            ),
-            steps.ContractIssued,
-        )
-        case.contract.contract_id = issued.contract_id
-        case.contract.signing_url = issued.signing_url
+        with case.step_creating("contract"):
+            issued = await self.step(
+                act.ISSUE_CONTRACT,
+                steps.IssueContract(
+                    idempotency_key=case.key("issue_contract"),
+                    application_id=case.app_id,
+                    merchant_name=self.app.merchant.name,
+                    channel=self.app.channel.value,
+                    deposit_amount=self.policy.deposit_amount,
+                    device_model=self.app.device_order.model,
+                    quantity=self.app.device_order.quantity,
+                ),
+                steps.ContractIssued,
+            )
+            case.contract.contract_id = issued.contract_id
+            case.contract.signing_url = issued.signing_url
         self.on_undo(
             "void_contract",
             act.VOID_CONTRACT,
@@ -272,15 +307,15 @@ class PosOnboarding:
                 reason=self.closing_reason,
             ),
         )
+        self.checkpoint()
         case.event("contract_issued", issued.contract_id)
-        done = await self.wait_with_reminders(
-            lambda: case.contract_done,
-            started,
-            deadline,
-            self.policy.contract_reminders,
-            steps.Notice.CONTRACT_REMINDER,
-        )
-        if not done:
+
+        def done() -> bool:
+            return case.contract_done
+
+        if not await self.wait_with_reminders(
+            done, started, deadline, self.policy.contract_reminders, steps.Notice.CONTRACT_REMINDER
+        ) and not await self.pulled("contract", done):
             what = "signed" if case.contract.signed_at is None else "paid the deposit"
             raise Ended(Stage.EXPIRED, f"the merchant had not {what} by the contract deadline")
 
@@ -312,6 +347,7 @@ class PosOnboarding:
                 reason=self.closing_reason,
             ),
         )
+        self.checkpoint()
         case.event("terminals_reserved", reserved.reservation_id, serials=reserved.serials)
         registered = await self.step(
             act.REGISTER_TERMINALS,
@@ -331,6 +367,7 @@ class PosOnboarding:
         case.mid = registered.mid
         for ids in registered.terminals:
             case.terminals[ids.serial].tid = ids.tid
+        self.checkpoint()
         case.event(
             "terminals_registered", registered.mid, tids=[t.tid for t in registered.terminals]
         )
@@ -353,16 +390,14 @@ class PosOnboarding:
             case.delivery = None
             await self.dispatch(attempt)
             due = case.set_deadline(workflow.now() + allowed)
-            while not await self.wait(arrived, due):
+            while not await self.wait(arrived, due) and not await self.pulled("logistics", arrived):
                 verb = await self.park(
                     AttentionKind.DELIVERY_OVERDUE,
                     act.BOOK_INSTALLATION if on_site else act.CREATE_SHIPMENT,
                     f"not delivered by {due.isoformat()}",
                     resolved=arrived,
                 )
-                if (
-                    verb == "retry"
-                ):  # the carrier or technician was chased: give them another period
+                if verb == "retry":  # the carrier or technician was chased: another period
                     due = case.set_deadline(workflow.now() + allowed)
             outcome = case.delivery
             assert outcome is not None
@@ -383,6 +418,15 @@ class PosOnboarding:
         case = self.case
         serials = list(case.terminals)
         address = self.app.delivery_address()
+        # What the last attempt dispatched is replaced: a late outcome for it is stale.
+        if (earlier := case.delivery_reference) is not None:
+            case.past_deliveries.append(earlier)
+            case.shipment = case.installation = None
+        with case.step_creating("dispatch"):
+            await self.dispatch_once(attempt, serials, address)
+
+    async def dispatch_once(self, attempt: int, serials: list[str], address: Address) -> None:
+        case = self.case
         if self.app.fulfilment is Fulfilment.MAIL:
             shipped = await self.step(
                 act.CREATE_SHIPMENT,
@@ -400,8 +444,9 @@ class PosOnboarding:
                 carrier=shipped.carrier,
                 tracking_number=shipped.tracking_number,
             )
-            case.event("shipped", f"{shipped.carrier} {shipped.tracking_number}", attempt=attempt)
             self.on_undo_delivery("recall_shipment", attempt)
+            self.checkpoint()
+            case.event("shipped", f"{shipped.carrier} {shipped.tracking_number}", attempt=attempt)
             await self.notify(steps.Notice.SHIPPED, f"{shipped.carrier} {shipped.tracking_number}")
         else:
             booked = await self.step(
@@ -418,8 +463,9 @@ class PosOnboarding:
             case.installation = Installation(
                 appointment_id=booked.appointment_id, scheduled_for=booked.scheduled_for
             )
-            case.event("installation_booked", booked.appointment_id, attempt=attempt)
             self.on_undo_delivery("cancel_installation", attempt)
+            self.checkpoint()
+            case.event("installation_booked", booked.appointment_id, attempt=attempt)
 
     def on_undo_delivery(self, label: str, attempt: int) -> None:
         """Undoing a delivery depends on how far it got: recall, cancel, or fetch the devices."""
@@ -443,15 +489,36 @@ class PosOnboarding:
                     steps.ReturnArranged,
                 )
             elif case.shipment is not None:
-                await self.undo_step(
-                    "recall_shipment",
-                    act.RECALL_SHIPMENT,
-                    steps.RecallShipment(
-                        idempotency_key=case.key("recall_shipment", attempt),
-                        shipment_id=case.shipment.shipment_id,
-                        **common,
-                    ),
+                recall = steps.RecallShipment(
+                    idempotency_key=case.key("recall_shipment", attempt),
+                    shipment_id=case.shipment.shipment_id,
+                    **common,
                 )
+                if workflow.patched(RETURN_PATCH):
+                    # The parcel may have been delivered before we heard of it: the carrier
+                    # refuses the recall, and the devices come back by a return instead.
+                    try:
+                        await self.undo_step(
+                            "recall_shipment",
+                            act.RECALL_SHIPMENT,
+                            recall,
+                            refused_when=SHIPMENT_DELIVERED,
+                        )
+                    except Refused:
+                        case.event("recall_refused", "the parcel was delivered: arranging a return")
+                        await self.undo_step(
+                            "arrange_return",
+                            act.ARRANGE_RETURN,
+                            steps.ArrangeReturn(
+                                idempotency_key=case.key("arrange_return"),
+                                serials=list(case.terminals),
+                                address=self.app.delivery_address(),
+                                **common,
+                            ),
+                            steps.ReturnArranged,
+                        )
+                else:
+                    await self.undo_step("recall_shipment", act.RECALL_SHIPMENT, recall)
             elif case.installation is not None:
                 await self.undo_step(
                     "cancel_installation",
@@ -473,34 +540,41 @@ class PosOnboarding:
         deadline = started + self.policy.activation_deadline
         case.enter(Stage.ACTIVATING, deadline)
         assert case.mid is not None
-        issued = await self.step(
-            act.ISSUE_ACTIVATION_CODES,
-            steps.IssueActivationCodes(
-                idempotency_key=case.key("issue_activation_codes"),
-                application_id=case.app_id,
-                mid=case.mid,
-                terminals=[
-                    steps.TerminalIds(serial=t.serial, tid=t.tid or "")
-                    for t in case.terminals.values()
-                ],
-            ),
-            steps.ActivationCodesIssued,
-        )
-        for code in issued.codes:
-            case.terminals[code.serial].activation_code_issued = True
+        with case.step_creating("activation_codes"):
+            issued = await self.step(
+                act.ISSUE_ACTIVATION_CODES,
+                steps.IssueActivationCodes(
+                    idempotency_key=case.key("issue_activation_codes"),
+                    application_id=case.app_id,
+                    mid=case.mid,
+                    terminals=[
+                        steps.TerminalIds(serial=t.serial, tid=t.tid or "")
+                        for t in case.terminals.values()
+                    ],
+                ),
+                steps.ActivationCodesIssued,
+            )
+            for code in issued.codes:
+                case.terminals[code.serial].activation_code_issued = True
+        self.checkpoint()
         case.event("activation_codes_issued", count=len(issued.codes))
+
+        def activated() -> bool:
+            return case.all_activated
+
         if not await self.wait_with_reminders(
-            lambda: case.all_activated,
+            activated,
             started,
             deadline,
             self.policy.activation_reminders,
             steps.Notice.ACTIVATION_REMINDER,
-        ):
+        ) and not await self.pulled("device", activated):
             await self.wait_overdue(
                 AttentionKind.ACTIVATION_OVERDUE,
                 "terminal_activation",
                 f"terminals not all activated by {deadline.isoformat()}",
-                lambda: case.all_activated,
+                activated,
+                "device",
             )
         for terminal in case.terminals.values():
             await self.prove_terminal(terminal)
@@ -540,18 +614,19 @@ class PosOnboarding:
         started = workflow.now()
         deadline = started + self.policy.training_deadline
         case.enter(Stage.TRAINING, deadline)
-        scheduled = await self.step(
-            act.SCHEDULE_TRAINING,
-            steps.ScheduleTraining(
-                idempotency_key=case.key("schedule_training"),
-                application_id=case.app_id,
-                merchant_name=self.app.merchant.name,
-                address=self.app.delivery_address(),
-                on_site=self.app.fulfilment is Fulfilment.ON_SITE,
-            ),
-            steps.TrainingScheduled,
-        )
-        case.training_session_id = scheduled.session_id
+        with case.step_creating("training"):
+            scheduled = await self.step(
+                act.SCHEDULE_TRAINING,
+                steps.ScheduleTraining(
+                    idempotency_key=case.key("schedule_training"),
+                    application_id=case.app_id,
+                    merchant_name=self.app.merchant.name,
+                    address=self.app.delivery_address(),
+                    on_site=self.app.fulfilment is Fulfilment.ON_SITE,
+                ),
+                steps.TrainingScheduled,
+            )
+            case.training_session_id = scheduled.session_id
         self.on_undo(
             "cancel_training",
             act.CANCEL_TRAINING,
@@ -562,6 +637,7 @@ class PosOnboarding:
                 reason=self.closing_reason,
             ),
         )
+        self.checkpoint()
         case.event(
             "training_scheduled", scheduled.session_id, at=scheduled.scheduled_for.isoformat()
         )
@@ -575,12 +651,13 @@ class PosOnboarding:
             deadline,
             self.policy.training_reminders,
             steps.Notice.TRAINING_REMINDER,
-        ):
+        ) and not await self.pulled("logistics", trained):
             await self.wait_overdue(
                 AttentionKind.TRAINING_OVERDUE,
                 "training",
                 f"training not completed by {deadline.isoformat()}",
                 trained,
+                "logistics",
             )
 
     # --- 8. go-live, or the end before it -------------------------------------------------------
@@ -615,9 +692,7 @@ class PosOnboarding:
         case.attention = None
         case.enter(Stage.CLOSING)
         case.event("closing", end.reason, outcome=end.stage.value)
-        for undo in reversed(case.undo):
-            await undo.run()
-        case.undo = []
+        await self.compensate()
         case.enter(end.stage)
         notice = {
             Stage.CANCELLED: steps.Notice.WITHDRAWN,
@@ -626,7 +701,14 @@ class PosOnboarding:
         }[end.stage]
         await self.notify(notice, end.reason)
         await self.settle()
+        await self.compensate()  # a deposit paid while closing is refunded too
         return self.outcome(end.stage, end.reason)
+
+    async def compensate(self) -> None:
+        """Run the compensations, newest first, including any a late message adds meanwhile."""
+        case = self.case
+        while case.undo:
+            await case.undo.pop().run()
 
     async def settle(self) -> None:
         """Before the workflow ends: every message handled and every snapshot delivered."""
@@ -688,12 +770,64 @@ class PosOnboarding:
         return await self.wait(done, deadline)
 
     async def wait_overdue(
-        self, kind: AttentionKind, step: str, reason: str, done: Callable[[], bool]
+        self, kind: AttentionKind, step: str, reason: str, done: Callable[[], bool], service: str
     ) -> None:
-        """Past a deadline on somebody else's action: flag it for operations and keep waiting."""
-        self.case.park(kind, step, reason, retryable=False)
-        await self.wait(done, None)
-        self.case.unpark("resolved")
+        """Past a deadline on somebody else's action: flag it for operations and keep waiting.
+        An admin's `retry` asks the service again, in case its answer was lost on the way."""
+        while await self.park(kind, step, reason, resolved=done) == "retry":
+            if await self.pulled(service, done):
+                return
+
+    # --- push, then pull ------------------------------------------------------------------------
+
+    async def pulled(self, service: str, done: Callable[[], bool]) -> bool:
+        """A deadline passed with no word: ask the service what it recorded, apply what was
+        missed, and say whether the awaited event is there after all."""
+        if not workflow.patched(PULL_PATCH):
+            return False
+        case = self.case
+        try:
+            found = await self.execute(
+                act.READ_SERVICE_EVENTS,
+                steps.ReadServiceEvents(application_id=case.app_id, service=service),
+                steps.ServiceEvents,
+            )
+        except ActivityError as err:
+            case.event("service_unreachable", f"{service}: {_reason(err)}", service=service)
+            return done()
+        for event in found.events:
+            self.recover(service, event)
+        case.stop_if_withdrawn()
+        return done()
+
+    def recover(self, service: str, event: steps.ServiceEvent) -> None:
+        """Apply one message read back from a service, as if its callback had arrived."""
+        receivers: dict[str, tuple[type[BaseModel], Callable[[Any], bool], Callable[[Any], Ack]]]
+        receivers = {
+            "review-decision": (ReviewDecision, self.case.check_decision, self._decision),
+            "site-survey": (SiteSurveyResult, self.case.check_survey, self._survey),
+            "contract": (ContractEvent, self.case.check_contract_event, self._contract_event),
+            "delivery": (DeliveryOutcome, self.case.check_delivery, self._delivery),
+            "activation": (TerminalActivated, self.case.check_activation, self._activation),
+            "training": (TrainingCompleted, self.case.check_training, self._training),
+        }
+        if event.kind not in receivers:
+            return  # informative only (tracking scans)
+        model, check, apply = receivers[event.kind]
+        try:
+            message = model.model_validate(event.body)
+        except ValidationError:
+            self.case.event("recovered_message_invalid", event.kind, service=service)
+            return
+        if message_id(message) in self.case.acks:
+            return
+        try:
+            if check(message):
+                return
+        except ApplicationError:
+            return  # not for now (an earlier round, another stage): nothing was lost
+        ack = apply(message)
+        self.case.event("message_recovered", event.kind, message_id=ack.message_id, service=service)
 
     async def park(
         self,
@@ -715,6 +849,12 @@ class PosOnboarding:
 
     # --- steps and compensations ----------------------------------------------------------------
 
+    def checkpoint(self) -> None:
+        """After a step's result and its compensation are recorded: a withdrawal accepted while
+        it ran stops the process here, before anything else is recorded or sent."""
+        if self.case.withdrawn and workflow.patched(CHECKPOINT_PATCH):
+            self.case.stop_if_withdrawn()
+
     async def step(self, name: str, arg: BaseModel, result_type: type[T]) -> T:
         """Run an activity; when its retries are exhausted, park for an admin instead of failing."""
         while True:
@@ -724,14 +864,23 @@ class PosOnboarding:
             except ActivityError as err:
                 await self.park(AttentionKind.STEP_FAILED, name, _reason(err))
 
-    async def try_step(self, name: str, arg: BaseModel, result_type: type[BaseModel]) -> bool:
-        """Like `step`, for a step an admin may skip once handled by hand; False when skipped."""
+    async def try_step(
+        self,
+        name: str,
+        arg: BaseModel,
+        result_type: type[BaseModel],
+        refused_when: str | None = None,
+    ) -> bool:
+        """Like `step`, for a step an admin may skip once handled by hand; False when skipped.
+        A refusal of type `refused_when` raises `Refused`: the caller has another way."""
         while True:
             self.case.stop_if_withdrawn()
             try:
                 await self.execute(name, arg, result_type)
                 return True
             except ActivityError as err:
+                if refused_when is not None and _error_type(err) == refused_when:
+                    raise Refused(_reason(err)) from err
                 if (
                     await self.park(AttentionKind.STEP_FAILED, name, _reason(err), skippable=True)
                     == "skip"
@@ -768,9 +917,14 @@ class PosOnboarding:
         self.case.undo.append(Undo(label, undo))
 
     async def undo_step(
-        self, label: str, name: str, arg: BaseModel, result_type: type[BaseModel] = steps.Undone
+        self,
+        label: str,
+        name: str,
+        arg: BaseModel,
+        result_type: type[BaseModel] = steps.Undone,
+        refused_when: str | None = None,
     ) -> None:
-        if await self.try_step(name, arg, result_type):
+        if await self.try_step(name, arg, result_type, refused_when):
             self.case.compensated.append(label)
             self.case.event("compensated", label)
         else:
@@ -804,89 +958,130 @@ class PosOnboarding:
 
     @workflow.update
     async def submit_documents(self, submission: DocumentSubmission) -> SubmissionResult:
-        async with self._documents_lock:
-            earlier = self._submissions.get(submission.submission_id)
-            if earlier is not None:
-                return earlier.model_copy(update={"duplicate": True})
-            case = self.case
-            candidate = {**case.documents, **{d.kind: d for d in submission.documents}}
-            try:
-                report = await self.execute(
-                    act.VALIDATE_DOCUMENTS,
-                    steps.ValidateDocuments(
-                        application=self.app,
-                        documents=list(candidate.values()),
-                        extra_required=[k.value for k in case.requested_documents],
-                        as_of=workflow.now().astimezone(CHINA).date(),
-                    ),
-                    ValidationReport,
-                )
-            except ActivityError as err:
-                # Nothing is filed: the merchant can send the same submission again.
-                raise refuse(
-                    Refusal.UNAVAILABLE, f"documents could not be validated now: {_reason(err)}"
-                ) from err
-            # File what passed; a bad replacement never pushes out a good document already on file.
-            for kind in report.accepted:
-                case.documents[kind] = candidate[kind]
-            submitted = {d.kind for d in submission.documents}
-            case.document_issues = report.issues
-            result = SubmissionResult(
-                submission_id=submission.submission_id,
-                stage=case.stage.value,
-                filed=[k for k in report.accepted if k in submitted],
-                issues=report.issues,
-                outstanding=case.outstanding(),
-                complete=not case.outstanding(),
+        self._submitting += 1
+        try:
+            async with self._documents_lock:
+                return await self._file(submission)
+        finally:
+            self._submitting -= 1
+
+    async def _file(self, submission: DocumentSubmission) -> SubmissionResult:
+        earlier = self._submissions.get(submission.submission_id)
+        if earlier is not None:
+            return earlier.model_copy(update={"duplicate": True})
+        case = self.case
+        # Queued behind another submission, this one may find the stage moved on: nothing filed.
+        case.expect_stage("documents", Stage.COLLECTING_DOCUMENTS)
+        candidate = {**case.documents, **{d.kind: d for d in submission.documents}}
+        try:
+            report = await self.execute(
+                act.VALIDATE_DOCUMENTS,
+                steps.ValidateDocuments(
+                    application=self.app,
+                    documents=list(candidate.values()),
+                    extra_required=[k.value for k in case.requested_documents],
+                    as_of=workflow.now().astimezone(CHINA).date(),
+                ),
+                ValidationReport,
             )
-            self._submissions[submission.submission_id] = result
-            case.event(
-                "documents_submitted",
-                submission.submission_id,
-                filed=[k.value for k in result.filed],
-                issues=len(result.issues),
-            )
-            return result
+        except ActivityError as err:
+            # Nothing is filed: the merchant can send the same submission again.
+            raise refuse(
+                Refusal.UNAVAILABLE, f"documents could not be validated now: {_reason(err)}"
+            ) from err
+        # File what passed; a bad replacement never pushes out a good document already on file.
+        for kind in report.accepted:
+            case.documents[kind] = candidate[kind]
+        submitted = {d.kind for d in submission.documents}
+        case.document_issues = report.issues
+        result = SubmissionResult(
+            submission_id=submission.submission_id,
+            stage=case.stage.value,
+            filed=[k for k in report.accepted if k in submitted],
+            issues=report.issues,
+            outstanding=case.outstanding(),
+            complete=not case.outstanding(),
+        )
+        self._submissions[submission.submission_id] = result
+        case.event(
+            "documents_submitted",
+            submission.submission_id,
+            filed=[k.value for k in result.filed],
+            issues=len(result.issues),
+        )
+        return result
 
     @submit_documents.validator
     def _check_submission(self, submission: DocumentSubmission) -> None:
-        if submission.submission_id not in self._submissions:
-            self.case.expect_stage("documents", Stage.COLLECTING_DOCUMENTS)
+        if submission.submission_id in self._submissions:
+            return
+        self.case.expect_stage("documents", Stage.COLLECTING_DOCUMENTS)
+        if self._documents_closed:
+            raise refuse(
+                Refusal.OUT_OF_STAGE,
+                f"the document deadline of application {self.case.app_id} has passed",
+            )
+
+    async def receive(
+        self, message: Message, check: Callable[[Message], bool], apply: Callable[[Message], Ack]
+    ) -> Ack:
+        """One rule for every message: a duplicate is acknowledged; one that refers to something
+        a step is still creating waits here until the step has recorded it; then it is applied,
+        or refused with the real reason."""
+        case = self.case
+        key = message_id(message)
+        if (ack := case.duplicate(key)) is not None:
+            return ack
+        if check(message):
+            await workflow.wait_condition(
+                lambda: key in case.acks or not case.waiting(lambda: check(message))
+            )
+            if (ack := case.duplicate(key)) is not None:
+                return ack
+            check(message)  # raises the refusal, if that is how it turned out
+        return apply(message)
 
     @workflow.update
-    def review_decision(self, decision: ReviewDecision) -> Ack:
-        case = self.case
-        if (ack := case.duplicate(decision.decision_id)) is not None:
-            return ack
-        case.decision_recorded(decision)
-        return case.acknowledge(decision.decision_id, decision.outcome.value)
+    async def review_decision(self, decision: ReviewDecision) -> Ack:
+        return await self.receive(decision, self.case.check_decision, self._decision)
 
     @review_decision.validator
     def _check_decision(self, decision: ReviewDecision) -> None:
         if decision.decision_id not in self.case.acks:
             self.case.check_decision(decision)
 
+    def _decision(self, decision: ReviewDecision) -> Ack:
+        self.case.decision_recorded(decision)
+        return self.case.acknowledge(decision.decision_id, decision.outcome.value)
+
     @workflow.update
-    def site_survey_result(self, result: SiteSurveyResult) -> Ack:
-        case = self.case
-        if (ack := case.duplicate(result.event_id)) is not None:
-            return ack
-        case.survey = result
-        case.event(
-            "site_survey_result", "passed" if result.passed else "failed", surveyor=result.surveyor
-        )
-        return case.acknowledge(result.event_id, "passed" if result.passed else "failed")
+    async def site_survey_result(self, result: SiteSurveyResult) -> Ack:
+        return await self.receive(result, self.case.check_survey, self._survey)
 
     @site_survey_result.validator
     def _check_survey(self, result: SiteSurveyResult) -> None:
         if result.event_id not in self.case.acks:
             self.case.check_survey(result)
 
-    @workflow.update
-    def contract_event(self, event: ContractEvent) -> Ack:
+    def _survey(self, result: SiteSurveyResult) -> Ack:
         case = self.case
-        if (ack := case.duplicate(event.event_id)) is not None:
-            return ack
+        case.survey = result
+        verdict = "passed" if result.passed else "failed"
+        case.event("site_survey_result", verdict, surveyor=result.surveyor)
+        return case.acknowledge(result.event_id, verdict)
+
+    @workflow.update
+    async def contract_event(self, event: ContractEvent) -> Ack:
+        return await self.receive(event, self.case.check_contract_event, self._contract_event)
+
+    @contract_event.validator
+    def _check_contract_event(self, event: ContractEvent) -> None:
+        if event.event_id not in self.case.acks:
+            self.case.check_contract_event(event)
+
+    def _contract_event(self, event: ContractEvent) -> Ack:
+        case = self.case
+        detail = event.kind.value
         if event.kind is ContractEventKind.SIGNED:
             case.contract.signed_at = workflow.now()
         else:
@@ -905,19 +1100,22 @@ class PosOnboarding:
                 ),
                 steps.Refunded,
             )
+            if case.closing:
+                detail = "deposit_paid: the application is closing, so it is refunded"
         case.event(f"contract_{event.kind.value}", event.contract_id)
-        return case.acknowledge(event.event_id, event.kind.value)
-
-    @contract_event.validator
-    def _check_contract_event(self, event: ContractEvent) -> None:
-        if event.event_id not in self.case.acks:
-            self.case.check_contract_event(event)
+        return case.acknowledge(event.event_id, detail)
 
     @workflow.update
-    def delivery_outcome(self, outcome: DeliveryOutcome) -> Ack:
+    async def delivery_outcome(self, outcome: DeliveryOutcome) -> Ack:
+        return await self.receive(outcome, self.case.check_delivery, self._delivery)
+
+    @delivery_outcome.validator
+    def _check_delivery(self, outcome: DeliveryOutcome) -> None:
+        if outcome.event_id not in self.case.acks:
+            self.case.check_delivery(outcome)
+
+    def _delivery(self, outcome: DeliveryOutcome) -> Ack:
         case = self.case
-        if (ack := case.duplicate(outcome.event_id)) is not None:
-            return ack
         case.delivery = outcome
         if outcome.kind is DeliveryOutcomeKind.DELIVERED and case.shipment is not None:
             case.shipment.delivered_at = workflow.now()
@@ -926,56 +1124,52 @@ class PosOnboarding:
         case.event(f"delivery_{outcome.kind.value}", outcome.reference, detail=outcome.detail)
         return case.acknowledge(outcome.event_id, outcome.kind.value)
 
-    @delivery_outcome.validator
-    def _check_delivery(self, outcome: DeliveryOutcome) -> None:
-        if outcome.event_id not in self.case.acks:
-            self.case.check_delivery(outcome)
-
     @workflow.signal
-    def shipment_scanned(self, scan: ShipmentScan) -> None:
+    async def shipment_scanned(self, scan: ShipmentScan) -> None:
         """Tracking scans are informative: kept on the shipment, never moving the case."""
         case = self.case
-        if scan.event_id in case.acks:
-            return
-        if case.shipment is None or case.shipment.shipment_id != scan.shipment_id:
-            case.event(
-                "message_refused",
-                f"scan for unknown shipment {scan.shipment_id}",
-                event_id=scan.event_id,
-            )
-            return
+        try:
+            await self.receive(scan, case.check_scan, self._scan)
+        except ApplicationError as refusal:
+            case.event("message_refused", refusal.message, event_id=scan.event_id)
+
+    def _scan(self, scan: ShipmentScan) -> Ack:
+        case = self.case
+        assert case.shipment is not None
         case.shipment.scans.append(
             f"{scan.scanned_at.isoformat()} {scan.location} {scan.description}".strip()
         )
-        case.acknowledge(scan.event_id, "scan recorded")
+        return case.acknowledge(scan.event_id, "scan recorded")
 
     @workflow.update
-    def terminal_activated(self, report: TerminalActivated) -> Ack:
-        case = self.case
-        if (ack := case.duplicate(report.event_id)) is not None:
-            return ack
-        case.terminals[report.serial].activated_at = workflow.now()
-        case.event("terminal_activated", report.serial, tid=report.tid)
-        return case.acknowledge(report.event_id, f"terminal {report.serial} activated")
+    async def terminal_activated(self, report: TerminalActivated) -> Ack:
+        return await self.receive(report, self.case.check_activation, self._activation)
 
     @terminal_activated.validator
     def _check_activation(self, report: TerminalActivated) -> None:
         if report.event_id not in self.case.acks:
             self.case.check_activation(report)
 
-    @workflow.update
-    def training_completed(self, done: TrainingCompleted) -> Ack:
+    def _activation(self, report: TerminalActivated) -> Ack:
         case = self.case
-        if (ack := case.duplicate(done.event_id)) is not None:
-            return ack
-        case.training = done
-        case.event("training_completed", done.session_id, trainer=done.trainer)
-        return case.acknowledge(done.event_id, "training completed")
+        case.terminals[report.serial].activated_at = workflow.now()
+        case.event("terminal_activated", report.serial, tid=report.tid)
+        return case.acknowledge(report.event_id, f"terminal {report.serial} activated")
+
+    @workflow.update
+    async def training_completed(self, done: TrainingCompleted) -> Ack:
+        return await self.receive(done, self.case.check_training, self._training)
 
     @training_completed.validator
     def _check_training(self, done: TrainingCompleted) -> None:
         if done.event_id not in self.case.acks:
             self.case.check_training(done)
+
+    def _training(self, done: TrainingCompleted) -> Ack:
+        case = self.case
+        case.training = done
+        case.event("training_completed", done.session_id, trainer=done.trainer)
+        return case.acknowledge(done.event_id, "training completed")
 
     @workflow.update
     def cancel(self, request: CancelRequest) -> Ack:
@@ -1020,14 +1214,28 @@ class PosOnboarding:
         return case.acknowledge(action.request_id, f"{verb} {step}")
 
 
+class Refused(Exception):
+    """A step refused for a reason its caller handles another way."""
+
+
+def _innermost(err: ActivityError) -> BaseException:
+    cause: BaseException = err
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    return cause
+
+
 def _reason(err: ActivityError) -> str:
     """The innermost failure message: what the service or the retry policy said."""
-    cause: BaseException | None = err
-    while cause is not None and cause.__cause__ is not None:
-        cause = cause.__cause__
+    cause = _innermost(err)
     if isinstance(cause, ApplicationError):
         return f"{cause.type or 'error'}: {cause.message}"
-    return str(cause or err)
+    return str(cause)
+
+
+def _error_type(err: ActivityError) -> str | None:
+    cause = _innermost(err)
+    return cause.type if isinstance(cause, ApplicationError) else None
 
 
 __all__ = ["PosOnboarding"]
