@@ -145,10 +145,11 @@ def idempotent(
     key: str | None,
     payload: BaseModel | dict[str, Any],
     write: Callable[[], BaseModel],
-    status_code: int = 200,
+    status_code: int | Callable[[BaseModel], int] = 200,
 ) -> JSONResponse:
     """Do `write` once per idempotency key; a repeat gets the first answer, a different request
-    under the same key is refused. `write` and the record commit together."""
+    under the same key is refused. `write` and the record commit together. `status_code` may
+    depend on what `write` returned (201 created, 200 found, say)."""
     if not key:
         raise ServiceError(
             400, "idempotency_key_required", f"the {IDEMPOTENCY_HEADER} header is required"
@@ -169,6 +170,8 @@ def idempotent(
         )
     result = write()
     body = result.model_dump(mode="json")
+    if callable(status_code):
+        status_code = status_code(result)
     session.add(
         IdempotencyRecord(
             service=service,

@@ -330,15 +330,76 @@ def pay(session: Session, agreement: Agreement, amount: Decimal, reference: str)
     return payment
 
 
+def _refunds_of(session: Session, contract_id: str, reference: str) -> list[Refund]:
+    return list(
+        session.exec(
+            select(Refund)
+            .where(Refund.contract_id == contract_id, Refund.payment_reference == reference)
+            .order_by(col(Refund.refunded_at), col(Refund.id))
+        ).all()
+    )
+
+
+def _unrefunded(session: Session, agreement: Agreement) -> list[tuple[str, Decimal]]:
+    """Each payment reference of the contract with what of it is not refunded yet."""
+    payments = session.exec(
+        select(Payment).where(Payment.contract_id == agreement.id).order_by(col(Payment.paid_at))
+    ).all()
+    paid: dict[str, Decimal] = {}
+    for payment in payments:
+        paid[payment.payment_reference] = paid.get(payment.payment_reference, ZERO) + Decimal(
+            payment.amount
+        )
+    left = []
+    for reference, amount in paid.items():
+        refunded = sum(
+            (Decimal(r.amount) for r in _refunds_of(session, agreement.id, reference)), ZERO
+        )
+        if amount > refunded:
+            left.append((reference, amount - refunded))
+    return left
+
+
+def _add_refund(session: Session, contract_id: str, amount: Decimal, reference: str) -> Refund:
+    """The refund's own records: its row and the history line (the caller moves `refunded`)."""
+    row = Refund(
+        id=_new_id("RF"), contract_id=contract_id, amount=str(amount), payment_reference=reference
+    )
+    session.add(row)
+    _record(session, contract_id, "refunded", f"{amount} ref {reference}")
+    return row
+
+
 def void(session: Session, agreement: Agreement, reason: str) -> steps.Undone:
-    if agreement.status == Status.VOID:
-        return steps.Undone(reference=agreement.id, detail=f"already void: {agreement.void_reason}")
-    _change(session, agreement, status=Status.VOID.value, voided_at=_now(), void_reason=reason)
-    _record(session, agreement.id, "voided", f"was {agreement.status}: {reason}")
-    return steps.Undone(reference=agreement.id, detail=f"voided: {reason}")
+    """Void the contract and give back whatever of the deposit is not refunded yet, in the same
+    transaction and recorded as the refund endpoint records it: money always comes back."""
+    owed = _unrefunded(session, agreement)
+    was = agreement.status
+    values: dict[str, Any] = {}
+    if was != Status.VOID:
+        values.update(status=Status.VOID.value, voided_at=_now(), void_reason=reason)
+    if owed:
+        total = sum((amount for _, amount in owed), ZERO)
+        values["refunded"] = str(Decimal(agreement.refunded) + total)
+    if values:
+        _change(session, agreement, **values)
+    if was != Status.VOID:
+        _record(session, agreement.id, "voided", f"was {was}: {reason}")
+    refunds = [_add_refund(session, agreement.id, amount, reference) for reference, amount in owed]
+    detail = f"already void: {agreement.void_reason}" if was == Status.VOID else f"voided: {reason}"
+    if refunds:
+        detail += "; deposit refunded: " + ", ".join(
+            f"{r.amount} as {r.id} (payment {r.payment_reference})" for r in refunds
+        )
+    return steps.Undone(reference=agreement.id, detail=detail)
 
 
-def refund(session: Session, agreement: Agreement, amount: Decimal, reference: str) -> Refund:
+def refund(
+    session: Session, agreement: Agreement, amount: Decimal, reference: str
+) -> tuple[Refund, bool]:
+    """Refund `amount` of the payment `reference`: (the refund, whether it is new). A payment
+    already refunded in full, by a void or an earlier refund under another key, is answered
+    with that earlier refund: the money is back, which is what the caller asks for."""
     paid, refunded = Decimal(agreement.paid), Decimal(agreement.refunded)
     if paid == ZERO:
         raise ServiceError(409, "nothing_paid", f"nothing was paid on contract {agreement.id}")
@@ -354,19 +415,20 @@ def refund(session: Session, agreement: Agreement, amount: Decimal, reference: s
             f"contract {agreement.id} has no payment {reference}",
             {"payment_reference": "no payment with this reference on this contract"},
         )
-    if amount > paid - refunded:
+    of_payment = sum((Decimal(p.amount) for p in payments), ZERO)
+    earlier = _refunds_of(session, agreement.id, reference)
+    left = of_payment - sum((Decimal(r.amount) for r in earlier), ZERO)
+    if left <= ZERO and earlier and amount <= of_payment:
+        return earlier[-1], False
+    if amount > min(left, paid - refunded):
         raise ServiceError(
             409,
             "refund_exceeds_paid",
-            f"only {paid - refunded} of contract {agreement.id} can still be refunded",
+            f"only {min(left, paid - refunded)} of payment {reference} on contract"
+            f" {agreement.id} can still be refunded",
         )
     _change(session, agreement, refunded=str(refunded + amount))
-    row = Refund(
-        id=_new_id("RF"), contract_id=agreement.id, amount=str(amount), payment_reference=reference
-    )
-    session.add(row)
-    _record(session, agreement.id, "refunded", f"{amount} ref {reference}")
-    return row
+    return _add_refund(session, agreement.id, amount, reference), True
 
 
 def view(session: Session, config: ServiceConfig, agreement: Agreement) -> ContractView:
@@ -548,16 +610,21 @@ def _routes(service: Service) -> None:
     def refund_contract(
         contract_id: str, body: PaymentRequest, key: IdempotencyKey = None
     ) -> JSONResponse:
+        created = True
         with service.session() as session:
 
             def write() -> steps.Refunded:
-                row = refund(
+                nonlocal created
+                row, created = refund(
                     session, _load(session, contract_id), body.amount, body.payment_reference
                 )
                 return steps.Refunded(refund_id=row.id)
 
+            # 201 for a new refund, 200 when the payment was already refunded (that refund).
             payload = {"refund": contract_id, **body.model_dump(mode="json")}
-            return idempotent(session, NAME, key, payload, write, status_code=201)
+            return idempotent(
+                session, NAME, key, payload, write, status_code=lambda _: 201 if created else 200
+            )
 
 
 # --- the demo auto-signer --------------------------------------------------------------------

@@ -201,7 +201,9 @@ async def test_idempotent_issue(tmp_path: Path) -> None:
             assert len(session.exec(select(Agreement)).all()) == 1
 
 
-async def test_void_and_refund(tmp_path: Path) -> None:
+async def test_void_refunds_a_paid_deposit_and_a_later_refund_gets_that_refund(
+    tmp_path: Path,
+) -> None:
     async with stack(tmp_path) as s:
         cid = await s.issue("99.00")
         pay = {"amount": "99.00", "payment_reference": "PAY-9"}
@@ -220,25 +222,100 @@ async def test_void_and_refund(tmp_path: Path) -> None:
 
         voided = await s.post(f"/contracts/{cid}/void", {"reason": "withdrawn"})
         assert voided.status_code == 200
-        assert steps.Undone.model_validate(voided.json()).reference == cid
+        undone = steps.Undone.model_validate(voided.json())
+        assert undone.reference == cid
+        state = await s.contract(cid)
+        [refund] = state["refunds"]
+        assert (refund["amount"], refund["payment_reference"]) == ("99.00", "PAY-9")
+        assert undone.detail == (
+            f"voided: withdrawn; deposit refunded: 99.00 as {refund['refund_id']} (payment PAY-9)"
+        )
+        assert (state["status"], state["paid"], state["refunded"], state["deposit_due"]) == (
+            "void",
+            "99.00",
+            "99.00",
+            "0.00",
+        )
+        assert [h["kind"] for h in state["history"]][-2:] == ["voided", "refunded"]
+        assert state["history"][-1]["detail"] == "99.00 ref PAY-9"  # as the refund endpoint
+
         again = await s.post(f"/contracts/{cid}/void", {"reason": "expired"})
-        assert again.status_code == 200 and "already void" in again.json()["detail"]
+        assert again.status_code == 200 and again.json()["detail"] == "already void: withdrawn"
 
-        refunded = await s.post(f"/contracts/{cid}/refunds", pay)
-        assert refunded.status_code == 201
-        steps.Refunded.model_validate(refunded.json())
-        more = await s.post(f"/contracts/{cid}/refunds", pay)
-        assert more.status_code == 409
+        # The workflow's own refund, after the void gave the money back: that refund, no error.
+        for key in ("refund-1", "refund-2"):
+            refunded = await s.post(f"/contracts/{cid}/refunds", pay, key=key)
+            assert refunded.status_code == 200, refunded.text
+            assert refunded.json() == {"refund_id": refund["refund_id"]}
+        replay = await s.post(f"/contracts/{cid}/refunds", pay, key="refund-1")
+        assert replay.status_code == 200 and replay.headers["Idempotent-Replay"] == "true"
+        more = await s.post(
+            f"/contracts/{cid}/refunds", {"amount": "99.01", "payment_reference": "PAY-9"}
+        )
+        assert more.status_code == 409 and more.json()["error"] == "refund_exceeds_paid"
+        state = await s.contract(cid)
+        assert len(state["refunds"]) == 1 and state["refunded"] == "99.00"
 
+        # A void contract takes no money and no signature.
+        late = await s.post(f"/contracts/{cid}/payments", pay)
+        assert late.status_code == 409 and late.json()["error"] == "contract_void"
         sign = await s.post(f"/contracts/{cid}/signature", {"signer_name": "A"})
         assert sign.status_code == 409 and sign.json()["error"] == "contract_void"
-        state = await s.contract(cid)
-        assert (state["status"], state["void_reason"], state["refunded"]) == (
-            "void",
-            "withdrawn",
-            "99.00",
-        )
         assert (await s.http.get("/contracts/CT-NOPE")).status_code == 404
+
+
+async def test_a_refund_before_the_void_is_not_repeated_by_it(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        cid = await s.issue("299.00")
+        pay = {"amount": "299.00", "payment_reference": "PAY-1"}
+        assert (await s.post(f"/contracts/{cid}/payments", pay)).status_code == 201
+        first = await s.post(f"/contracts/{cid}/refunds", pay, key="r-1")
+        assert first.status_code == 201
+        refund_id = first.json()["refund_id"]
+        other_key = await s.post(f"/contracts/{cid}/refunds", pay, key="r-2")
+        assert (other_key.status_code, other_key.json()) == (200, {"refund_id": refund_id})
+
+        voided = await s.post(f"/contracts/{cid}/void", {"reason": "withdrawn"})
+        assert voided.json()["detail"] == "voided: withdrawn"  # nothing left to give back
+        state = await s.contract(cid)
+        assert [r["refund_id"] for r in state["refunds"]] == [refund_id]
+        assert state["refunded"] == "299.00"
+
+
+async def test_void_refunds_what_a_partial_refund_left(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        cid = await s.issue("100.00")
+        pay = {"amount": "100.00", "payment_reference": "PAY-2"}
+        assert (await s.post(f"/contracts/{cid}/payments", pay)).status_code == 201
+        part = {"amount": "40.10", "payment_reference": "PAY-2"}
+        assert (await s.post(f"/contracts/{cid}/refunds", part)).status_code == 201
+        rest = await s.post(f"/contracts/{cid}/refunds", pay)
+        assert rest.status_code == 409 and rest.json()["error"] == "refund_exceeds_paid"
+
+        voided = await s.post(f"/contracts/{cid}/void", {"reason": "expired"})
+        assert "deposit refunded: 59.90 as RF-" in voided.json()["detail"]
+        state = await s.contract(cid)
+        assert [r["amount"] for r in state["refunds"]] == ["40.10", "59.90"]
+        assert state["refunded"] == "100.00"
+        # Asked for the whole deposit now: it is back, the answer is the last refund.
+        whole = await s.post(f"/contracts/{cid}/refunds", pay)
+        assert (whole.status_code, whole.json()) == (
+            200,
+            {"refund_id": state["refunds"][-1]["refund_id"]},
+        )
+
+
+async def test_void_of_an_unpaid_contract_refunds_nothing(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        cid = await s.issue("99.00")
+        voided = await s.post(f"/contracts/{cid}/void", {"reason": "expired"})
+        assert voided.json() == {"reference": cid, "detail": "voided: expired"}
+        state = await s.contract(cid)
+        assert (state["refunds"], state["refunded"], state["deposit_due"]) == ([], "0.00", "0.00")
+        pay = {"amount": "99.00", "payment_reference": "PAY-3"}
+        late = await s.post(f"/contracts/{cid}/payments", pay)
+        assert late.status_code == 409 and late.json()["error"] == "contract_void"
+        assert (await s.contract(cid))["paid"] == "0.00"
 
 
 async def test_state_survives_a_restart(tmp_path: Path) -> None:
@@ -308,8 +385,14 @@ async def test_activities_against_the_service(tmp_path: Path) -> None:
         )
         refunded = await env.run(acts.refund_deposit, refund)
         assert type(refunded) is steps.Refunded
+        # Asked again under another key: the money is back already, that refund is the answer.
+        again = refund.model_copy(update={"idempotency_key": "k2"})
+        assert await env.run(acts.refund_deposit, again) == refunded
         with pytest.raises(ApplicationError) as refused:
-            await env.run(acts.refund_deposit, refund.model_copy(update={"idempotency_key": "k2"}))
+            await env.run(
+                acts.refund_deposit,
+                refund.model_copy(update={"idempotency_key": "k3", "amount": Decimal("99.01")}),
+            )
         assert refused.value.non_retryable and refused.value.type == "refund_exceeds_paid"
 
         void = steps.VoidContract(
@@ -320,6 +403,7 @@ async def test_activities_against_the_service(tmp_path: Path) -> None:
         )
         undone = await env.run(acts.void_contract, void)
         assert type(undone) is steps.Undone and undone.reference == cid
+        assert undone.detail == "voided: withdrawn"  # refunded before: nothing more to give back
         await acts.client.aclose()
 
     closed = contract_activities(f"http://127.0.0.1:{free_port()}")
