@@ -1,6 +1,7 @@
 """The gateway's Prometheus metrics: applications per stage, overdue and needing attention (read
-from the projection at each scrape), messages by source and outcome, snapshots applied, and the
-latency of every route."""
+from the projection at each scrape), messages by source and outcome (the answer given: applied,
+duplicate, pending, refused, invalid, failed), what the pending ones became, snapshots applied,
+and the latency of every route."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 
 from fastapi import FastAPI, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
@@ -54,6 +55,17 @@ class GatewayMetrics:
             ["source", "kind", "outcome"],
             registry=self.registry,
         )
+        self.settled = Counter(
+            "posflow_gateway_messages_settled",
+            "Messages answered pending, by what finally became of them",
+            ["source", "kind", "outcome"],
+            registry=self.registry,
+        )
+        self.awaiting = Gauge(
+            "posflow_gateway_messages_awaiting",
+            "Messages answered pending whose outcome this gateway is still waiting for",
+            registry=self.registry,
+        )
         self.projections = Counter(
             "posflow_gateway_projections",
             "Workflow snapshots received: applied, or older than the one held",
@@ -70,6 +82,9 @@ class GatewayMetrics:
 
     def message(self, source: str, kind: str, outcome: str) -> None:
         self.messages.labels(source, kind, outcome).inc()
+
+    def message_settled(self, source: str, kind: str, outcome: str) -> None:
+        self.settled.labels(source, kind, outcome).inc()
 
     def projection_applied(self, applied: bool) -> None:
         self.projections.labels("applied" if applied else "stale").inc()

@@ -119,6 +119,11 @@ class StageVisitRecord(SQLModel, table=True):
     seconds: float | None = None
 
 
+# What became of a message. `pending`: the workflow accepted it and applies it once the step it
+# refers to is recorded; the row is settled to applied, duplicate or refused when that happens.
+OUTCOMES = ("applied", "duplicate", "pending", "refused", "invalid", "failed")
+
+
 class MessageRecord(SQLModel, table=True):
     """Who sent what, when, and what became of it (applied, duplicate, refused and why)."""
 
@@ -130,9 +135,11 @@ class MessageRecord(SQLModel, table=True):
     kind: str  # documents, review_decision, cancel, retry, ...
     message_id: str = ""
     received_at: datetime = Field(default_factory=_now)
-    outcome: str  # applied | duplicate | refused | invalid | unauthenticated
+    outcome: str  # one of OUTCOMES
     detail: str = ""
     body: str = ""  # JSON with personal numbers masked
+    update_id: str = ""  # the Temporal update that carried it, when it reached the workflow
+    settled_at: datetime | None = None  # when a pending message got its final outcome
 
 
 class SeenSignature(SQLModel, table=True):
@@ -180,6 +187,14 @@ class Overview(BaseModel):
     time_in_stage: list[dict[str, Any]]
 
 
+def _sql_literal(value: str | int | bool) -> str:
+    """A column default as SQL: strings in single quotes (a double-quoted "" is an identifier to
+    PostgreSQL), booleans and numbers as they are."""
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return json.dumps(value)
+
+
 def _percentile(values: list[float], share: float) -> float:
     """Nearest-rank percentile of sorted `values`."""
     index = max(0, min(len(values) - 1, round(share * len(values) + 0.5) - 1))
@@ -206,7 +221,7 @@ class Store:
                     kind = column.type.compile(dialect=self.engine.dialect)
                     default = column.default.arg if column.default is not None else None
                     literal = (
-                        f" NOT NULL DEFAULT {json.dumps(default)}"
+                        f" NOT NULL DEFAULT {_sql_literal(default)}"
                         if isinstance(default, str | int | bool) and not callable(default)
                         else ""
                     )
@@ -494,18 +509,56 @@ class Store:
 
     # --- messages -------------------------------------------------------------------------------
 
-    def record_message(self, **fields: Any) -> None:
+    def record_message(self, **fields: Any) -> int:
+        """Keep one message with its outcome; returns the row's id."""
         body = fields.pop("body", None)
+        record = MessageRecord(body=json.dumps(body, ensure_ascii=False) if body else "", **fields)
         with self.session() as session:
-            session.add(
-                MessageRecord(body=json.dumps(body, ensure_ascii=False) if body else "", **fields)
-            )
+            session.add(record)
             session.commit()
+            return int(record.id or 0)
 
     def messages(self, application_id: str) -> list[MessageRecord]:
         with self.session() as session:
             query = select(MessageRecord).where(MessageRecord.application_id == application_id)
             return list(session.exec(query.order_by(MessageRecord.id)).all())  # type: ignore[arg-type]
+
+    def attempts(self, application_id: str, message_id: str) -> list[MessageRecord]:
+        """Every earlier receipt of one message (a resend carries the same message id)."""
+        with self.session() as session:
+            query = (
+                select(MessageRecord)
+                .where(MessageRecord.application_id == application_id)
+                .where(MessageRecord.message_id == message_id)
+            )
+            return list(session.exec(query.order_by(MessageRecord.id)).all())  # type: ignore[arg-type]
+
+    def settle_message(
+        self,
+        application_id: str,
+        message_id: str,
+        outcome: str,
+        detail: str,
+        row: int | None = None,
+    ) -> int:
+        """Give a pending message its final outcome (only the receipt `row`, if given); returns
+        how many rows changed. A row already settled is left as it is."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"unknown outcome {outcome!r}")
+        query = (
+            update(MessageRecord)
+            .where(col(MessageRecord.application_id) == application_id)
+            .where(col(MessageRecord.message_id) == message_id)
+            .where(col(MessageRecord.outcome) == "pending")
+        )
+        if row is not None:
+            query = query.where(col(MessageRecord.id) == row)
+        with self.session() as session:
+            result = session.execute(
+                query.values(outcome=outcome, detail=mask_text(detail), settled_at=_now())
+            )
+            session.commit()
+            return int(result.rowcount)  # type: ignore[attr-defined]
 
     def message_counts(self) -> dict[tuple[str, str], int]:
         """Messages received per (source, outcome), for the metrics."""
