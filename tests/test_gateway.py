@@ -18,6 +18,7 @@ from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
 from temporalio.testing import WorkflowEnvironment
 
+from activities import catalog
 from activities.projection import ProjectionActivities
 from gateway.app import SIGNERS, GatewaySettings, create_app
 from schemas.documents import DocumentKind
@@ -34,6 +35,7 @@ SECRET = "review-secret"
 class Api:
     http: httpx.AsyncClient
     env: WorkflowEnvironment
+    services: StandIns
 
     async def signed(
         self, path: str, body: dict[str, Any], secret: str = SECRET, timestamp: int | None = None
@@ -62,12 +64,13 @@ async def api(env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Api]:
     async with serving(create_app(env.client, settings)) as url:
         # Snapshots reach the list over HTTP from the real activity, as in production.
         projection = ProjectionActivities(base_url=url, secret="worker-secret")
-        activities = [*StandIns().activities(projection=False), projection.project_status]
+        services = StandIns()
+        activities = [*services.activities(projection=False), projection.project_status]
         async with (
             build_worker(env.client, queue, activities),
             httpx.AsyncClient(base_url=url, timeout=20) as http,
         ):
-            yield Api(http, env)
+            yield Api(http, env, services)
         await projection.aclose()
 
 
@@ -166,6 +169,8 @@ async def test_review_callbacks_are_verified_applied_once_and_audited(api: Api) 
     survey = {"event_id": "sv-1", "survey_id": "SV-x", "passed": True, "surveyor": "s"}
     out_of_stage = await api.signed(f"/api/applications/{app_id}/site-survey", survey)
     assert out_of_stage.status_code == 409 and out_of_stage.json()["error"] == "OutOfStage"
+    assert out_of_stage.json()["retry"] is False  # final: the sender must not try again
+    assert "Retry-After" not in out_of_stage.headers
 
     audit = (await api.http.get(f"/api/applications/{app_id}/messages")).json()
     outcomes = [(m["kind"], m["outcome"]) for m in audit]
@@ -192,6 +197,7 @@ async def test_cancel_and_unknown_application(api: Api) -> None:
     await api.until_stage(app_id, "cancelled")
     missing = await api.http.post("/api/applications/nobody/cancel", json=cancel)
     assert missing.status_code == 404 and missing.json()["error"] == "unknown_application"
+    assert missing.json()["retry"] is False
     malformed = await api.http.post(f"/api/applications/{app_id}/cancel", json={"reason": 3})
     assert malformed.status_code == 422 and "request_id" in malformed.json()["fields"]
 
@@ -287,3 +293,50 @@ async def test_metrics_count_stages_and_messages(api: Api) -> None:
         'posflow_gateway_messages_total{kind="cancel",outcome="applied",source="merchant"}' in text
     )
     assert 'posflow_gateway_request_seconds_count{method="POST",route="/api/applications"' in text
+
+
+async def test_documents_that_cannot_be_validated_now_get_503_and_a_resend_is_validated(
+    api: Api,
+) -> None:
+    body = application_body(policy={"activity_max_attempts": 1})
+    app_id = body["application_id"]
+    await api.http.post("/api/applications", json=body)
+    app = individual_application(application_id=app_id)
+    docs = [d.model_dump(mode="json") for d in valid_documents(app)]
+    submission = {"submission_id": "s1", "documents": docs}
+    path = f"/api/applications/{app_id}/documents"
+
+    api.services.fail(catalog.VALIDATE_DOCUMENTS)
+    unavailable = await api.http.post(path, json=submission)
+    assert unavailable.status_code == 503, unavailable.text
+    assert unavailable.headers["Retry-After"] == "5"
+    error = unavailable.json()
+    assert error["error"] == "TemporarilyUnavailable" and error["retry"] is True
+    assert set(error) == {"error", "message", "fields", "retry"}
+
+    # The same submission again, as Retry-After asks: Temporal keeps the refused update's result
+    # under its id, so the gateway sends it under a fresh one and it is validated this time.
+    api.services.heal(catalog.VALIDATE_DOCUMENTS)
+    filed = await api.http.post(path, json=submission)
+    assert filed.status_code == 200, filed.text
+    assert filed.json()["complete"] is True and filed.json()["duplicate"] is False
+    again = await api.http.post(path, json=submission)
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    await api.until_stage(app_id, "in_review")
+    audit = (await api.http.get(f"/api/applications/{app_id}/messages")).json()
+    assert [(m["outcome"], m["update_id"]) for m in audit] == [
+        ("failed", "documents:s1"),
+        ("applied", "documents:s1~1"),
+        ("duplicate", "documents:s1~1"),
+    ]
+
+
+def test_the_update_wait_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POSFLOW_GATEWAY_UPDATE_WAIT_SECONDS", "2.5")
+    assert GatewaySettings.from_env().update_wait_seconds == 2.5
+    monkeypatch.delenv("POSFLOW_GATEWAY_UPDATE_WAIT_SECONDS")
+    assert GatewaySettings.from_env().update_wait_seconds == 5.0
+    for bad in ("soon", "-1"):
+        monkeypatch.setenv("POSFLOW_GATEWAY_UPDATE_WAIT_SECONDS", bad)
+        with pytest.raises(ValueError, match="POSFLOW_GATEWAY_UPDATE_WAIT_SECONDS"):
+            GatewaySettings.from_env()
