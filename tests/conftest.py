@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -14,7 +15,9 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from workers.temporal import DATA_CONVERTER, register_search_attributes
+from tests.scenario import Bench
+from tests.standins import StandIns
+from workers.temporal import DATA_CONVERTER, build_worker, register_search_attributes
 
 BIN = Path(sys.executable).parent
 
@@ -84,6 +87,16 @@ async def env(real_server: WorkflowEnvironment | None) -> AsyncIterator[Workflow
 def unit(env: WorkflowEnvironment) -> timedelta:
     """One "day" of the test policies: a real day where time skips, a second on a real server."""
     return timedelta(days=1) if env.supports_time_skipping else timedelta(seconds=1)
+
+
+@pytest.fixture
+async def bench(env: WorkflowEnvironment, unit: timedelta) -> AsyncIterator[Bench]:
+    services = StandIns()
+    queue = f"onboarding-test-{uuid.uuid4().hex[:8]}"
+    async with build_worker(env.client, queue, services.activities()):
+        bench = Bench(env, services, queue, unit)
+        yield bench
+        await bench.end_runs()
 
 
 # The real stack, shared by the end-to-end and browser tests (started only when one asks for it).

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.workflowservice.v1 import (
     DescribeWorkflowExecutionRequest,
     DescribeWorkflowExecutionResponse,
 )
-from temporalio.client import WorkflowHandle
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from schemas.application import Application
@@ -39,7 +44,8 @@ from schemas.messages import (
 )
 from schemas.policy import Policy, policy_for
 from schemas.status import ApplicationStatus, OnboardingStart, Outcome, Stage
-from tests.factories import valid_documents
+from tests.factories import individual_application, valid_documents
+from tests.standins import StandIns
 from workflows.onboarding import PosOnboarding
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -339,3 +345,48 @@ class Run:
         GOLDEN.mkdir(exist_ok=True)
         data = json.loads(history.to_json())
         (GOLDEN / f"{name}.json").write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+
+
+@dataclass
+class Bench:
+    env: WorkflowEnvironment
+    services: StandIns
+    task_queue: str
+    unit: timedelta
+
+    runs: list[Run] = field(default_factory=list)
+
+    async def start(self, app: Application | None = None, **policy: Any) -> Run:
+        app = app or individual_application(application_id=new_id())
+        run = await Run.start(self.env, self.task_queue, app, fast_policy(app, self.unit, **policy))
+        self.runs.append(run)
+        return run
+
+    async def end_runs(self) -> None:
+        """Leave nothing running: the shared server's clock must not wake another test's runs."""
+        for gate in self.services.gates.values():
+            gate.set()  # a step a test held and never let go
+        for run in self.runs:
+            # Terminating with an activity in flight leaks a time-skipping lock on the test
+            # server (every later env.sleep then hangs), so let in-flight activities finish.
+            for _ in range(250):
+                if not (await run.describe_raw()).pending_activities:
+                    break
+                await asyncio.sleep(0.02)
+            with contextlib.suppress(RPCError):  # already finished
+                await run.handle.terminate("test finished")
+
+    async def sleep(self, units: float) -> None:
+        await self.env.sleep(self.unit * units)
+
+
+def new_id() -> str:
+    return f"T{uuid.uuid4().hex[:12]}"
+
+
+async def refused(update: Awaitable[Any]) -> ApplicationError:
+    with pytest.raises(WorkflowUpdateFailedError) as failed:
+        await update
+    cause = failed.value.cause
+    assert isinstance(cause, ApplicationError)
+    return cause

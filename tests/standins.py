@@ -27,6 +27,37 @@ from schemas.status import Projection, ProjectionReceipt
 Req = TypeVar("Req", bound=steps.Step)
 
 
+# The references the stand-ins create are known in advance, as a service's own would be to it:
+# a test can send a callback that names one while the step creating it is still running.
+def case_id(application_id: str, round: int) -> str:
+    return f"RC-{application_id}-{round}"
+
+
+def survey_id(application_id: str) -> str:
+    return f"SV-{application_id}"
+
+
+def contract_id(application_id: str) -> str:
+    return f"CT-{application_id}"
+
+
+def shipment_id(application_id: str, attempt: int) -> str:
+    return f"SH-{application_id}-{attempt}"
+
+
+def appointment_id(application_id: str, attempt: int) -> str:
+    return f"AP-{application_id}-{attempt}"
+
+
+def training_id(application_id: str) -> str:
+    return f"TR-{application_id}"
+
+
+def attempt_of(request: steps.Step) -> int:
+    """The delivery attempt an idempotency key names (`<workflow>:<step>:<attempt>`)."""
+    return int(request.idempotency_key.rsplit(":", 1)[-1])
+
+
 @dataclass
 class Call:
     name: str
@@ -42,6 +73,7 @@ class StandIns:
     risk: RiskLevel = RiskLevel.LOW
     calls: list[Call] = field(default_factory=list)
     failures: dict[str, int] = field(default_factory=dict)  # name -> failures left, -1: always
+    refusals: dict[str, str] = field(default_factory=dict)  # name -> the service's refusal code
     declines: int = 0  # how many test transactions to decline before approving
     projections: list[Projection] = field(default_factory=list)  # kept apart from `calls`
     # What each service recorded per (application, service): read back when a deadline passes.
@@ -68,6 +100,10 @@ class StandIns:
     def fail(self, name: str, times: int = -1) -> None:
         self.failures[name] = times
 
+    def refuse(self, name: str, code: str) -> None:
+        """The service refuses step `name` for good (a 4xx with `code`), as a real one would."""
+        self.refusals[name] = code
+
     def heal(self, name: str) -> None:
         self.failures.pop(name, None)
 
@@ -87,6 +123,8 @@ class StandIns:
         return [c.request for c in self.calls if c.name == name]
 
     def _record(self, name: str, request: BaseModel) -> int:
+        if (code := self.refusals.get(name)) is not None:
+            raise ApplicationError(f"{name}: refused ({code})", type=code, non_retryable=True)
         left = self.failures.get(name, 0)
         if left:
             self.failures[name] = left - 1 if left > 0 else left
@@ -131,6 +169,9 @@ class StandIns:
 
         @activity.defn(name=catalog.VALIDATE_DOCUMENTS)
         async def validate(request: steps.ValidateDocuments) -> ValidationReport:
+            if (gate := s.gates.get(catalog.VALIDATE_DOCUMENTS)) is not None:
+                s.started[catalog.VALIDATE_DOCUMENTS].set()
+                await gate.wait()
             s._record(catalog.VALIDATE_DOCUMENTS, request)
             return await validate_documents(request)  # the real rules: they are pure
 
@@ -158,13 +199,13 @@ class StandIns:
             answer(
                 catalog.OPEN_REVIEW_CASE,
                 lambda r, n: steps.ReviewCaseOpened(
-                    case_id=f"RC-{r.application_id}", risk_level=s.risk
+                    case_id=case_id(r.application_id, r.round), risk_level=s.risk
                 ),
                 steps.OpenReviewCase,
             ),
             answer(
                 catalog.REQUEST_SITE_SURVEY,
-                lambda r, n: steps.SiteSurveyRequested(survey_id=f"SV-{r.application_id}"),
+                lambda r, n: steps.SiteSurveyRequested(survey_id=survey_id(r.application_id)),
                 steps.RequestSiteSurvey,
             ),
             answer(
@@ -176,7 +217,8 @@ class StandIns:
             answer(
                 catalog.ISSUE_CONTRACT,
                 lambda r, n: steps.ContractIssued(
-                    contract_id=f"CT-{r.application_id}", signing_url=f"https://sign.example/{n}"
+                    contract_id=contract_id(r.application_id),
+                    signing_url=f"https://sign.example/{n}",
                 ),
                 steps.IssueContract,
             ),
@@ -209,14 +251,17 @@ class StandIns:
             answer(
                 catalog.CREATE_SHIPMENT,
                 lambda r, n: steps.ShipmentCreated(
-                    shipment_id=f"SH{n}", carrier="SF Express", tracking_number=f"SF{n:010d}"
+                    shipment_id=shipment_id(r.application_id, attempt_of(r)),
+                    carrier="SF Express",
+                    tracking_number=f"SF{n:010d}",
                 ),
                 steps.CreateShipment,
             ),
             answer(
                 catalog.BOOK_INSTALLATION,
                 lambda r, n: steps.InstallationBooked(
-                    appointment_id=f"AP{n}", scheduled_for=now() + timedelta(days=2)
+                    appointment_id=appointment_id(r.application_id, attempt_of(r)),
+                    scheduled_for=now() + timedelta(days=2),
                 ),
                 steps.BookInstallation,
             ),
@@ -243,7 +288,8 @@ class StandIns:
             answer(
                 catalog.SCHEDULE_TRAINING,
                 lambda r, n: steps.TrainingScheduled(
-                    session_id=f"TR{n}", scheduled_for=now() + timedelta(days=1)
+                    session_id=training_id(r.application_id),
+                    scheduled_for=now() + timedelta(days=1),
                 ),
                 steps.ScheduleTraining,
             ),

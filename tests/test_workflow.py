@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import timedelta
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import structlog
 from temporalio.client import WorkflowUpdateFailedError
-from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
-from temporalio.testing import WorkflowEnvironment
 
 from activities import catalog as act
-from schemas.application import Application, Channel, Fulfilment
+from schemas.application import Channel, Fulfilment
 from schemas.documents import DocumentKind, IssueCode
 from schemas.messages import (
     ContractEventKind,
@@ -34,10 +27,9 @@ from schemas.policy import RiskLevel
 from schemas.status import AttentionKind, Stage
 from schemas.steps import Notice
 from tests.factories import enterprise_application, individual_application, valid_documents
-from tests.scenario import Run, fast_policy
-from tests.standins import StandIns
+from tests.scenario import Bench, new_id, refused
 from workers.logging import configure_logging
-from workers.temporal import build_replayer, build_worker
+from workers.temporal import build_replayer
 from workflows import search_attributes as sa
 from workflows.onboarding import PosOnboarding
 
@@ -53,59 +45,6 @@ HAPPY_MAIL = [
     act.SCHEDULE_TRAINING,
     act.ENABLE_ACQUIRING,
 ]
-
-
-@dataclass
-class Bench:
-    env: WorkflowEnvironment
-    services: StandIns
-    task_queue: str
-    unit: timedelta
-
-    runs: list[Run] = field(default_factory=list)
-
-    async def start(self, app: Application | None = None, **policy: Any) -> Run:
-        app = app or individual_application(application_id=new_id())
-        run = await Run.start(self.env, self.task_queue, app, fast_policy(app, self.unit, **policy))
-        self.runs.append(run)
-        return run
-
-    async def end_runs(self) -> None:
-        """Leave nothing running: the shared server's clock must not wake another test's runs."""
-        for run in self.runs:
-            # Terminating with an activity in flight leaks a time-skipping lock on the test
-            # server (every later env.sleep then hangs), so let in-flight activities finish.
-            for _ in range(250):
-                if not (await run.describe_raw()).pending_activities:
-                    break
-                await asyncio.sleep(0.02)
-            with contextlib.suppress(RPCError):  # already finished
-                await run.handle.terminate("test finished")
-
-    async def sleep(self, units: float) -> None:
-        await self.env.sleep(self.unit * units)
-
-
-def new_id() -> str:
-    return f"T{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-async def bench(env: WorkflowEnvironment, unit: timedelta) -> AsyncIterator[Bench]:
-    services = StandIns()
-    queue = f"onboarding-test-{uuid.uuid4().hex[:8]}"
-    async with build_worker(env.client, queue, services.activities()):
-        bench = Bench(env, services, queue, unit)
-        yield bench
-        await bench.end_runs()
-
-
-async def refused(update: Awaitable[Any]) -> ApplicationError:
-    with pytest.raises(WorkflowUpdateFailedError) as failed:
-        await update
-    cause = failed.value.cause
-    assert isinstance(cause, ApplicationError)
-    return cause
 
 
 # --- happy paths ---------------------------------------------------------------------------------
@@ -339,7 +278,9 @@ async def test_review_sla_escalates_then_flags_at_the_hard_deadline(bench: Bench
     assert [r.level for r in bench.services.requests(act.ESCALATE_REVIEW)] == [1, 2]
     # At the SLA and at the deadline the review service was asked for a lost decision first.
     asked = bench.services.requests(act.READ_SERVICE_EVENTS)
-    assert [(r.application_id, r.service) for r in asked] == [(run.app.application_id, "review")] * 2
+    assert [(r.application_id, r.service) for r in asked] == [
+        (run.app.application_id, "review")
+    ] * 2
     assert status.attention is not None
     assert status.attention.kind is AttentionKind.REVIEW_OVERDUE
     assert await run.search_attribute(sa.NEEDS_ATTENTION.name) is True
