@@ -8,6 +8,12 @@ a scan as a `ShipmentScan`, a delivery or installation as a `DeliveryOutcome`, a
 `TrainingCompleted`. Return shipments are tracked the same way but call nobody back: the
 application they belong to is already being closed.
 
+Where each terminal is (`GET /whereabouts?serial=...`) follows from what happened to it here: it
+leaves the warehouse in an outbound parcel or with the technician who installs it, and is back
+only when a parcel carrying it arrives at the warehouse: a return delivered, or a recalled or
+undeliverable outbound parcel back (`POST /shipments/{id}/arrival`). The device service reads
+this to put released terminals back in stock only once they are on the shelf.
+
 Settings, each from `config.options` first, then the environment:
 - `auto_progress` / `POSFLOW_LOGISTICS_AUTO` ("true" to move parcels and appointments on by
   themselves), `auto_delay_ms` / `POSFLOW_LOGISTICS_AUTO_DELAY_MS` (500, per step),
@@ -29,7 +35,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import structlog
-from fastapi import Header
+from fastapi import Header, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import JSON, Column, DateTime
@@ -87,7 +93,8 @@ class ShipmentStatus(StrEnum):
     IN_TRANSIT = "in_transit"
     DELIVERED = "delivered"
     FAILED = "failed"
-    RECALLED = "recalled"
+    RECALLED = "recalled"  # on its way back to the warehouse
+    RETURNED = "returned"  # a recalled or undeliverable parcel back at the warehouse
 
 
 class AppointmentKind(StrEnum):
@@ -150,7 +157,26 @@ class LogisticsAppointment(SQLModel, table=True):
     updated_at: datetime = _timestamp()
 
 
-TABLES: list[type[SQLModel]] = [LogisticsShipment, LogisticsShipmentEvent, LogisticsAppointment]
+class LogisticsTerminalPosition(SQLModel, table=True):
+    """Where a terminal is, as far as logistics knows: a serial without a row never left the
+    warehouse. `reference` is the shipment or installation that moved it last; a parcel arriving
+    back moves only the terminals it still holds (a terminal shipped again since stays out)."""
+
+    __tablename__ = "logistics_terminal_positions"
+
+    serial: str = SQLField(primary_key=True)
+    at_warehouse: bool = True
+    reference: str = ""
+    detail: str = ""
+    updated_at: datetime = _timestamp()
+
+
+TABLES: list[type[SQLModel]] = [
+    LogisticsShipment,
+    LogisticsShipmentEvent,
+    LogisticsAppointment,
+    LogisticsTerminalPosition,
+]
 
 
 # --- requests and answers --------------------------------------------------------------------
@@ -222,6 +248,27 @@ class Cancellation(Model):
 
     reason: str = Field(min_length=1, max_length=500)
     application_id: str | None = None
+
+
+class Arrival(Model):
+    """A recalled or undeliverable parcel checked in back at the warehouse."""
+
+    detail: str = Field(default="", max_length=500)
+
+
+class Whereabouts(Model):
+    serial: str
+    at_warehouse: bool
+    reference: str | None  # the shipment or installation that moved it last
+    detail: str
+    since: datetime | None
+
+
+class WhereaboutsView(Model):
+    terminals: list[Whereabouts]
+
+
+MAX_WHEREABOUTS = 500  # serials per question
 
 
 class ShipmentEventView(Model):
@@ -355,6 +402,12 @@ class Logistics:
         session.add(shipment)
         what = "shipment created" if kind is ShipmentKind.OUTBOUND else "return arranged"
         self._event(session, shipment, ShipmentStatus.CREATED, "", what)
+        where = (
+            "shipped to the merchant"
+            if kind is ShipmentKind.OUTBOUND
+            else "with the merchant, return arranged"
+        )
+        self._move(session, serials, shipment.shipment_id, False, where)
         log.info(
             "shipment_created",
             shipment_id=shipment.shipment_id,
@@ -386,6 +439,59 @@ class Logistics:
             )
         )
         return at
+
+    # where terminals are
+
+    def _move(
+        self,
+        session: Session,
+        serials: list[str],
+        reference: str,
+        at_warehouse: bool,
+        detail: str,
+        *,
+        if_held: bool = False,
+    ) -> None:
+        """Record where `serials` are now; with `if_held`, only those `reference` moved last."""
+        now = _now()
+        for serial in serials:
+            position = session.get(LogisticsTerminalPosition, serial)
+            if position is None:
+                if if_held:
+                    continue
+                position = LogisticsTerminalPosition(serial=serial)
+            elif if_held and position.reference != reference:
+                continue
+            position.at_warehouse = at_warehouse
+            position.reference = reference
+            position.detail = detail
+            position.updated_at = now
+            session.add(position)
+
+    def whereabouts(self, session: Session, serials: list[str]) -> WhereaboutsView:
+        found = {
+            p.serial: p
+            for p in session.exec(
+                select(LogisticsTerminalPosition).where(
+                    col(LogisticsTerminalPosition.serial).in_(serials)
+                )
+            ).all()
+        }
+        answer = []
+        for serial in dict.fromkeys(serials):
+            p = found.get(serial)
+            answer.append(
+                Whereabouts(serial=serial, at_warehouse=True, reference=None, detail="", since=None)
+                if p is None
+                else Whereabouts(
+                    serial=serial,
+                    at_warehouse=p.at_warehouse,
+                    reference=p.reference or None,
+                    detail=p.detail,
+                    since=_aware(p.updated_at),
+                )
+            )
+        return WhereaboutsView(terminals=answer)
 
     def _shipment(self, session: Session, shipment_id: str) -> LogisticsShipment:
         shipment = session.get(LogisticsShipment, shipment_id)
@@ -487,6 +593,18 @@ class Logistics:
         self._event(session, shipment, status, "", delivery.detail or status.value)
         if shipment.kind == ShipmentKind.OUTBOUND:
             self._outcome(session, shipment.application_id, shipment_id, status, delivery.detail)
+            where = (
+                "delivered to the merchant"
+                if status is ShipmentStatus.DELIVERED
+                else "undeliverable, on its way back to the warehouse"
+            )
+            self._move(session, shipment.serials, shipment_id, False, where, if_held=True)
+        elif status is ShipmentStatus.DELIVERED:
+            where = "returned to the warehouse"
+            self._move(session, shipment.serials, shipment_id, True, where, if_held=True)
+        else:
+            where = "return parcel lost"
+            self._move(session, shipment.serials, shipment_id, False, where, if_held=True)
         log.info("shipment_finished", shipment_id=shipment_id, outcome=status.value)
         return self.shipment_view(session, shipment_id)
 
@@ -504,14 +622,41 @@ class Logistics:
             )
         if shipment.status == ShipmentStatus.RECALLED:
             return Undone(reference=shipment_id, detail="already recalled")
+        if shipment.status == ShipmentStatus.RETURNED:
+            return Undone(reference=shipment_id, detail="already back at the warehouse")
         if shipment.status == ShipmentStatus.FAILED:
             return Undone(
                 reference=shipment_id, detail="delivery had failed: the parcel comes back anyway"
             )
         shipment.reason = request.reason
         self._event(session, shipment, ShipmentStatus.RECALLED, "", request.reason)
+        where = "recalled, on its way back to the warehouse"
+        self._move(session, shipment.serials, shipment_id, False, where, if_held=True)
         log.info("shipment_recalled", shipment_id=shipment_id)
         return Undone(reference=shipment_id, detail=f"recalled: {request.reason}")
+
+    def arrive(self, session: Session, shipment_id: str, arrival: Arrival) -> ShipmentView:
+        """A recalled or undeliverable outbound parcel is back at the warehouse: its terminals
+        are on the shelf again. Checking it in twice changes nothing."""
+        shipment = self._shipment(session, shipment_id)
+        if shipment.status == ShipmentStatus.RETURNED:
+            return self.shipment_view(session, shipment_id)
+        if shipment.kind != ShipmentKind.OUTBOUND or shipment.status not in (
+            ShipmentStatus.RECALLED,
+            ShipmentStatus.FAILED,
+        ):
+            raise ServiceError(
+                409,
+                "not_coming_back",
+                f"shipment {shipment_id} is {shipment.status}: only a recalled or undeliverable"
+                " parcel comes back (a return's arrival is its delivery)",
+            )
+        detail = arrival.detail or "back at the warehouse"
+        self._event(session, shipment, ShipmentStatus.RETURNED, "warehouse", detail)
+        where = "returned to the warehouse"
+        self._move(session, shipment.serials, shipment_id, True, where, if_held=True)
+        log.info("shipment_returned", shipment_id=shipment_id)
+        return self.shipment_view(session, shipment_id)
 
     def _outcome(
         self,
@@ -639,6 +784,8 @@ class Logistics:
         status = AppointmentStatus.DONE if installed else AppointmentStatus.FAILED
         kind = AppointmentKind.INSTALLATION
         a = self._finish(session, kind, appointment_id, status, report.technician, report.detail)
+        if installed:  # the technician left them with the merchant; a failed visit brings them back
+            self._move(session, a.serials, appointment_id, False, "installed at the merchant")
         outcome = DeliveryOutcomeKind.INSTALLED if installed else DeliveryOutcomeKind.FAILED
         self._outcome(session, a.application_id, appointment_id, outcome, report.detail)
         return self.appointment_view(session, kind, appointment_id)
@@ -688,11 +835,15 @@ class Logistics:
         alone for the delay moves one step on, through the same writes as the endpoints."""
         cutoff = _now() - self.settings.auto_delay
         with self.service.session() as session:
+            moving = [ShipmentStatus.CREATED.value, ShipmentStatus.IN_TRANSIT.value]
+            coming_back = [ShipmentStatus.RECALLED.value, ShipmentStatus.FAILED.value]
             shipments = session.exec(
                 select(LogisticsShipment)
                 .where(
-                    col(LogisticsShipment.status).in_(
-                        [ShipmentStatus.CREATED.value, ShipmentStatus.IN_TRANSIT.value]
+                    col(LogisticsShipment.status).in_(moving)
+                    | (
+                        col(LogisticsShipment.status).in_(coming_back)
+                        & (col(LogisticsShipment.kind) == ShipmentKind.OUTBOUND.value)
                     )
                 )
                 .where(col(LogisticsShipment.updated_at) <= cutoff)
@@ -719,10 +870,20 @@ class Logistics:
             self.write(
                 f"auto:{ident}:scan", f"scan:{ident}", scan, lambda s: self.scan(s, ident, scan)
             )
+        elif what == "shipment" and status in (ShipmentStatus.RECALLED, ShipmentStatus.FAILED):
+            arrival = Arrival(detail="back at the warehouse")
+            self.write(
+                f"auto:{ident}:arrival",
+                f"arrival:{ident}",
+                arrival,
+                lambda s: self.arrive(s, ident, arrival),
+            )
         elif what == "shipment":
             delivery = Delivery(
                 outcome="failed" if fails else "delivered",
-                detail="parcel lost in transit" if fails else "signed for by the recipient",
+                detail="undeliverable, returned to sender"
+                if fails
+                else "signed for by the recipient",
             )
             self.write(
                 f"auto:{ident}:delivery",
@@ -809,6 +970,25 @@ def _routes(logistics: Logistics) -> Callable[[Service], None]:
             return lg.write(
                 key, f"recall:{shipment_id}", body, lambda s: lg.recall(s, shipment_id, body)
             )
+
+        @app.post("/shipments/{shipment_id}/arrival", response_model=ShipmentView)
+        def arrival(shipment_id: str, body: Arrival, key: IdempotencyKey = None) -> JSONResponse:
+            return lg.write(
+                key, f"arrival:{shipment_id}", body, lambda s: lg.arrive(s, shipment_id, body)
+            )
+
+        @app.get("/whereabouts", response_model=WhereaboutsView)
+        def whereabouts(serial: Annotated[list[str], Query()]) -> WhereaboutsView:
+            """Where each terminal is: `?serial=A&serial=B` (at most 500)."""
+            if len(serial) > MAX_WHEREABOUTS:
+                raise ServiceError(
+                    422,
+                    "invalid_request",
+                    f"at most {MAX_WHEREABOUTS} serials a question",
+                    {"serial": f"{len(serial)} given"},
+                )
+            with service.session() as session:
+                return lg.whereabouts(session, serial)
 
         @app.post("/returns", status_code=201, response_model=ReturnArranged)
         def arrange_return(body: NewReturn, key: IdempotencyKey = None) -> JSONResponse:

@@ -4,6 +4,7 @@ activities that call it."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -281,7 +282,124 @@ async def test_auto_progress_delivers_on_its_own(
         (delivery,) = callbacks(stack, "/delivery")
         assert (delivery["reference"], delivery["kind"]) == (sid, outcome)
         shown = (await stack.http.get(f"/shipments/{sid}")).json()
-        assert [e["status"] for e in shown["history"]] == ["created", "in_transit", outcome]
+        assert [e["status"] for e in shown["history"]][:3] == ["created", "in_transit", outcome]
+        if outcome == "failed":  # an undeliverable parcel goes back to the warehouse on its own
+            shown = await until_status(stack, sid, "returned")
+            assert [e["status"] for e in shown["history"]] == [
+                "created",
+                "in_transit",
+                "failed",
+                "returned",
+            ]
+            assert await where(stack, "SN1") == (True, sid)
+
+
+async def until_status(stack: Stack, shipment_id: str, status: str) -> dict[str, Any]:
+    for _ in range(200):
+        shown: dict[str, Any] = (await stack.http.get(f"/shipments/{shipment_id}")).json()
+        if shown["status"] == status:
+            return shown
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{shipment_id} never {status}: {shown['status']}")
+
+
+async def where(stack: Stack, serial: str) -> tuple[bool, str | None]:
+    """(at the warehouse, what moved it last) as logistics answers for one terminal."""
+    response = await stack.http.get("/whereabouts", params={"serial": serial})
+    assert response.status_code == 200, response.text
+    [row] = response.json()["terminals"]
+    assert row["serial"] == serial
+    return row["at_warehouse"], row["reference"]
+
+
+# --- where the terminals are: out in a parcel, with the merchant, back at the warehouse -------
+
+
+async def test_a_return_puts_terminals_back_only_when_it_arrives(stack: Stack) -> None:
+    assert await where(stack, "SN1") == (True, None)  # never shipped: on the shelf
+    sid = (await stack.shipment())["shipment_id"]
+    assert await where(stack, "SN1") == (False, sid)
+    await stack.ok(f"/shipments/{sid}/delivery", {"outcome": "delivered"})
+    assert await where(stack, "SN1") == (False, sid)
+
+    ret = await stack.ok(
+        "/returns",
+        {"application_id": "APP-1", "serials": ["SN1"], "address": ADDR, "reason": "withdrawn"},
+    )
+    rid = ret["return_id"]
+    assert await where(stack, "SN1") == (False, rid)  # booked is not back
+    await stack.ok(f"/shipments/{rid}/scans", {"location": "北京"})
+    assert await where(stack, "SN1") == (False, rid)
+    await stack.ok(f"/shipments/{rid}/delivery", {"outcome": "delivered"})
+    assert await where(stack, "SN1") == (True, rid)
+
+    both = await stack.http.get("/whereabouts", params=[("serial", "SN1"), ("serial", "NEW-1")])
+    rows = both.json()["terminals"]
+    assert [(r["serial"], r["at_warehouse"]) for r in rows] == [("SN1", True), ("NEW-1", True)]
+    assert rows[0]["detail"] == "returned to the warehouse" and rows[0]["since"]
+    too_many = await stack.http.get(
+        "/whereabouts", params=[("serial", f"S{i}") for i in range(501)]
+    )
+    assert too_many.status_code == 422
+    assert (await stack.http.get("/whereabouts")).status_code == 422
+
+
+async def test_a_recalled_parcel_is_back_when_it_arrives(stack: Stack) -> None:
+    sid = (await stack.shipment())["shipment_id"]
+    early = await stack.post(f"/shipments/{sid}/arrival", {})
+    assert (early.status_code, early.json()["error"]) == (409, "not_coming_back")
+    await stack.ok(f"/shipments/{sid}/recall", {"reason": "merchant withdrew"})
+    assert await where(stack, "SN1") == (False, sid)  # recalled is on its way, not back
+
+    arrived = await stack.ok(f"/shipments/{sid}/arrival", {"detail": "入库"})
+    assert arrived["status"] == "returned"
+    assert [e["status"] for e in arrived["history"]] == ["created", "recalled", "returned"]
+    assert await where(stack, "SN1") == (True, sid)
+    again = await stack.ok(f"/shipments/{sid}/arrival", {})
+    assert again == arrived
+    recall = await stack.ok(f"/shipments/{sid}/recall", {"reason": "again"})
+    assert recall["detail"] == "already back at the warehouse"
+
+
+async def test_a_parcel_arriving_back_moves_only_terminals_it_still_holds(stack: Stack) -> None:
+    first = (await stack.shipment())["shipment_id"]
+    await stack.ok(f"/shipments/{first}/delivery", {"outcome": "failed", "detail": "无人签收"})
+    assert await where(stack, "SN1") == (False, first)  # undeliverable: coming back
+    second = (await stack.shipment())["shipment_id"]  # shipped again meanwhile
+    await stack.ok(f"/shipments/{first}/arrival", {})
+    assert await where(stack, "SN1") == (False, second)
+    # A delivered parcel, or a return, does not "arrive back".
+    await stack.ok(f"/shipments/{second}/delivery", {"outcome": "delivered"})
+    delivered = await stack.post(f"/shipments/{second}/arrival", {})
+    assert (delivered.status_code, delivered.json()["error"]) == (409, "not_coming_back")
+
+
+async def test_an_installed_terminal_is_with_the_merchant(stack: Stack) -> None:
+    body = {"application_id": "APP-2", "address": ADDR, "contact": "李四", "serials": ["SN2"]}
+    failed = (await stack.ok("/installations", body))["appointment_id"]
+    report = {"outcome": "failed", "technician": "王工", "detail": "site not ready"}
+    await stack.ok(f"/installations/{failed}/completion", report)
+    assert await where(stack, "SN2") == (True, None)  # the technician brought it back
+    done = (await stack.ok("/installations", body))["appointment_id"]
+    assert await where(stack, "SN2") == (True, None)  # booked: still on the shelf
+    await stack.ok(f"/installations/{done}/completion", {**report, "outcome": "installed"})
+    assert await where(stack, "SN2") == (False, done)
+
+
+async def test_auto_progress_brings_a_recalled_parcel_back(tmp_path: Path) -> None:
+    options = {"auto_progress": "true", "auto_delay_ms": "40"}
+    async with running(tmp_path / "auto.db", options=options) as stack:
+        sid = (await stack.shipment())["shipment_id"]
+        await stack.ok(f"/shipments/{sid}/recall", {"reason": "withdrawn"})
+        shown = await until_status(stack, sid, "returned")
+        assert [e["status"] for e in shown["history"]][-2:] == ["recalled", "returned"]
+        assert await where(stack, "SN1") == (True, sid)
+        ret = await stack.ok(
+            "/returns",
+            {"application_id": "APP-1", "serials": ["SN1"], "address": ADDR, "reason": "x"},
+        )
+        await until_status(stack, ret["return_id"], "delivered")
+        assert await where(stack, "SN1") == (True, ret["return_id"])
 
 
 # --- the activities --------------------------------------------------------------------------
