@@ -6,6 +6,14 @@ Every write first "claims" the row it changes with a conditional UPDATE, so the 
 transaction runs under that row's write lock (SQLite serialises writers; PostgreSQL locks the
 row): two requests can never take the same terminal or allocate two MIDs for one application.
 A MID or TID once issued is never issued again, even after it is released (retired).
+
+A released terminal goes back in stock only once it is on the warehouse shelf. Logistics is the
+one that knows where a terminal physically is (`GET /whereabouts` there): a release asks it and
+leaves a terminal that is with the merchant or in a parcel `returning`, and a check-in job asks
+again for every returning terminal until logistics reports it back (its return parcel delivered
+to the warehouse, a recalled parcel arrived). Reading, never being told, keeps it simple and
+sound: nothing to lose or reorder between the services, and if logistics cannot be reached a
+terminal stays `returning` (never wrongly `in_stock`) until it can.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import structlog
 from fastapi import Header
 from fastapi.responses import JSONResponse
@@ -52,6 +61,8 @@ SEED_MODELS: tuple[tuple[str, str, str], ...] = (
 )
 DEFAULT_STOCK = 200
 DEFAULT_AUTO_DELAY_MS = 500
+DEFAULT_CHECK_IN_MS = 500  # how often returning terminals are looked for at the warehouse
+DEFAULT_LOGISTICS_URL = "http://127.0.0.1:8104"
 _TID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -72,7 +83,8 @@ class TerminalStatus:
     RESERVED = "reserved"
     REGISTERED = "registered"
     ACTIVATED = "activated"
-    RELEASED = "released"  # a reservation's state; a released terminal is back in_stock
+    RETURNING = "returning"  # released, not back on the shelf yet (with the merchant, in transit)
+    RELEASED = "released"  # a reservation's state; its terminals are in_stock or returning
 
 
 class DeviceModel(SQLModel, table=True):
@@ -467,7 +479,15 @@ def register(
     return steps.TerminalsRegistered(mid=merchant.mid, terminals=ids)
 
 
-def release(session: Session, reservation_id: str, body: ReleaseBody) -> steps.Undone:
+def release(
+    session: Session,
+    reservation_id: str,
+    body: ReleaseBody,
+    on_shelf: dict[str, bool] | None = None,
+) -> steps.Undone:
+    """Free the reservation, its MID/TIDs and codes. Its terminals go back `in_stock` where
+    `on_shelf` (logistics' whereabouts) says they are at the warehouse, else `returning`: the
+    check-in job puts them in stock once they are back. A second release changes nothing."""
     reservation = _claim_reservation(session, reservation_id)
     if reservation.status == TerminalStatus.RELEASED:
         return steps.Undone(reference=reservation_id, detail="already released")
@@ -475,9 +495,12 @@ def release(session: Session, reservation_id: str, body: ReleaseBody) -> steps.U
     terminals = session.exec(
         select(Terminal).where(Terminal.reservation_id == reservation_id)
     ).all()
+    back = 0
     for terminal in terminals:
-        # Back on the shelf; an activated terminal is deactivated and unbound.
-        terminal.status = TerminalStatus.IN_STOCK
+        # Off the merchant; an activated terminal is deactivated and unbound.
+        home = bool(on_shelf and on_shelf.get(terminal.serial))
+        back += home
+        terminal.status = TerminalStatus.IN_STOCK if home else TerminalStatus.RETURNING
         terminal.reservation_id = None
         terminal.mid = None
         terminal.tid = None
@@ -522,9 +545,11 @@ def release(session: Session, reservation_id: str, body: ReleaseBody) -> steps.U
     reservation.status = TerminalStatus.RELEASED
     reservation.release_reason = body.reason
     session.add(reservation)
-    return steps.Undone(
-        reference=reservation_id, detail=f"{len(terminals)} terminal(s) back in stock{retired_mid}"
-    )
+    away = len(terminals) - back
+    detail = f"{back} terminal(s) back in stock"
+    if away:
+        detail += f", {away} returning (in stock once back at the warehouse)"
+    return steps.Undone(reference=reservation_id, detail=detail + retired_mid)
 
 
 def issue_codes(session: Session, body: IssueCodesBody) -> steps.ActivationCodesIssued:
@@ -663,6 +688,79 @@ def enable_acquiring(session: Session, mid: str, body: AcquiringBody) -> steps.A
     return steps.AcquiringEnabled(enabled_at=_utc(merchant.acquiring_enabled_at))
 
 
+# --- back on the shelf: what logistics says about returning terminals -------------------------
+
+
+def logistics_url(config: ServiceConfig) -> str:
+    """`logistics_url` option, else `POSFLOW_LOGISTICS_URL`, else the embedded stack's port."""
+    url = config.options.get("logistics_url") or os.environ.get("POSFLOW_LOGISTICS_URL")
+    return (url or DEFAULT_LOGISTICS_URL).rstrip("/")
+
+
+def on_shelf(config: ServiceConfig, serials: list[str], timeout: float = 3.0) -> dict[str, bool]:
+    """Which of `serials` logistics reports at the warehouse; {} when it cannot say (down, or an
+    answer not understood): then none is taken to be there."""
+    found: dict[str, bool] = {}
+    for start in range(0, len(serials), 200):
+        batch = serials[start : start + 200]
+        try:
+            response = httpx.get(
+                f"{logistics_url(config)}/whereabouts",
+                params=[("serial", s) for s in batch],
+                timeout=timeout,
+            )
+            response.raise_for_status()
+            for row in response.json()["terminals"]:
+                found[str(row["serial"])] = bool(row["at_warehouse"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as err:
+            log.warning("whereabouts_unknown", error=f"{type(err).__name__}: {err}")
+            return {}
+    return found
+
+
+def check_in(service: Service) -> int:
+    """Put back in stock every returning terminal logistics reports at the warehouse; returns
+    how many. Only a terminal still `returning` changes (the UPDATE says so)."""
+    with service.session() as session:
+        returning = list(
+            session.exec(
+                select(Terminal.serial)
+                .where(Terminal.status == TerminalStatus.RETURNING)
+                .order_by(col(Terminal.updated_at))
+                .limit(1000)
+            ).all()
+        )
+    if not returning:
+        return 0
+    back = [serial for serial, home in on_shelf(service.config, returning).items() if home]
+    if not back:
+        return 0
+    with service.session() as session:
+        count = session.exec(
+            update(Terminal)
+            .where(col(Terminal.serial).in_(back), col(Terminal.status) == TerminalStatus.RETURNING)
+            .values(status=TerminalStatus.IN_STOCK, updated_at=_now())
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        session.commit()
+    log.info("terminals_checked_in", count=count, serials=back)
+    return int(count)
+
+
+async def check_in_returns(service: Service) -> None:
+    """Always on: a released terminal out with a merchant comes back into stock by this job."""
+    raw = service.config.options.get("check_in_interval_ms") or os.environ.get(
+        "POSFLOW_DEVICE_CHECK_IN_MS", str(DEFAULT_CHECK_IN_MS)
+    )
+    interval = max(float(raw) / 1000, 0.02)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(check_in, service)
+        except Exception:  # a database hiccup: the next pass tries again
+            log.exception("check_in_failed")
+
+
 # --- auto-activation (demo) ------------------------------------------------------------------
 
 
@@ -787,7 +885,15 @@ def routes(service: Service) -> None:
     @app.post("/reservations/{reservation_id}/release")
     def post_release(reservation_id: str, body: ReleaseBody, key: str | None = Key) -> JSONResponse:
         payload = {"reservation_id": reservation_id, **body.model_dump(mode="json")}
-        return _once(service, key, payload, lambda s: release(s, reservation_id, body))
+        # Where the terminals are is asked before the write, so no lock is held over HTTP.
+        with service.session() as session:
+            serials = list(
+                session.exec(
+                    select(Terminal.serial).where(Terminal.reservation_id == reservation_id)
+                ).all()
+            )
+        shelf = on_shelf(service.config, serials) if serials else {}
+        return _once(service, key, payload, lambda s: release(s, reservation_id, body, shelf))
 
     @app.post("/activation-codes")
     def post_activation_codes(body: IssueCodesBody, key: str | None = Key) -> JSONResponse:
@@ -818,5 +924,5 @@ def build(config: ServiceConfig | None = None) -> Service:
         config or ServiceConfig.from_env("device"),
         tables=TABLES,
         setup=_setup,
-        background=[auto_activation],
+        background=[auto_activation, check_in_returns],
     )

@@ -126,19 +126,28 @@ async def test_cancel_after_delivery_releases_terminals_and_ships_them_back(stac
     )
     assert response.status_code == 200 and response.json()["outcome"] == "applied"
     await stack.until(app, "cancelled")
-    with stack.services["device"].session() as session:
-        terminals = session.exec(
-            select(device.Terminal).where(device.Terminal.serial.in_(serials))
-        ).all()  # type: ignore[attr-defined]
-    assert terminals and all(t.status == "in_stock" for t in terminals)
-    with stack.services["logistics"].session() as session:
-        returns = session.exec(
-            select(logistics.LogisticsShipment).where(
-                logistics.LogisticsShipment.application_id == app.application_id,
-                logistics.LogisticsShipment.kind == "return",
-            )
-        ).all()
+    # Released, the terminals are back in stock only once their return parcel (moved on by the
+    # auto carrier) is delivered to the warehouse, and not before.
+    for _ in range(150):
+        with stack.services["device"].session() as session:
+            terminals = session.exec(
+                select(device.Terminal).where(device.Terminal.serial.in_(serials))  # type: ignore[attr-defined]
+            ).all()
+        with stack.services["logistics"].session() as session:
+            returns = session.exec(
+                select(logistics.LogisticsShipment).where(
+                    logistics.LogisticsShipment.application_id == app.application_id,
+                    logistics.LogisticsShipment.kind == "return",
+                )
+            ).all()
+        statuses = {t.status for t in terminals}
+        assert statuses <= {"returning", "in_stock"}
+        if statuses == {"in_stock"}:
+            break
+        await asyncio.sleep(0.1)
+    assert terminals and statuses == {"in_stock"}
     assert len(returns) == 1 and sorted(returns[0].serials) == sorted(serials)
+    assert returns[0].status == "delivered"
 
 
 async def test_a_service_that_is_down_makes_its_step_wait_then_succeed(stack: Stack) -> None:

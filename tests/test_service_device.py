@@ -1,6 +1,7 @@
 """The device service over real HTTP: inventory, reservations under concurrency, MID/TID
 registration and retirement, activation with its signed callback, test transactions, acquiring,
-restarts, and the activities that call it."""
+released terminals back in stock once logistics has them at the warehouse, restarts, and the
+activities that call it."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from activities.http import ServiceClient
 from schemas import steps
 from schemas.identifiers import check_mid, check_tid
 from schemas.messages import TerminalActivated
+from services import logistics
 from services.base import Callback, ServiceConfig
 from services.device import build
 from tests.servers import CallbackRecorder, free_port, serving
@@ -83,12 +85,65 @@ class Device:
 
 
 def make_config(tmp_path: Path, gateway_url: str, stock: int = 5, **options: str) -> ServiceConfig:
+    """The device service; its logistics is a closed port unless `logistics_url` names one."""
     return ServiceConfig(
         name="device",
         database_url=f"sqlite:///{tmp_path / 'device.db'}",
         gateway_url=gateway_url,
-        options={"stock_per_model": str(stock), **options},
+        options={
+            "stock_per_model": str(stock),
+            "logistics_url": f"http://127.0.0.1:{free_port()}",
+            "check_in_interval_ms": "50",
+            **options,
+        },
     )
+
+
+@dataclass
+class Logistics:
+    """The real logistics service next to the device service: where terminals physically are."""
+
+    url: str
+    http: httpx.AsyncClient
+
+    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = await self.http.post(
+            path, json=body, headers={"Idempotency-Key": uuid.uuid4().hex}
+        )
+        assert response.is_success, response.text
+        data: dict[str, Any] = response.json()
+        return data
+
+    async def ship(self, application_id: str, serials: list[str]) -> str:
+        body = {"application_id": application_id, "address": ADDRESS, "recipient": "张三"}
+        shipped = await self.post("/shipments", {**body, "serials": serials})
+        return str(shipped["shipment_id"])
+
+    async def arrange_return(self, application_id: str, serials: list[str]) -> str:
+        body = {"application_id": application_id, "address": ADDRESS, "reason": "withdrawn"}
+        arranged = await self.post("/returns", {**body, "serials": serials})
+        return str(arranged["return_id"])
+
+
+ADDRESS = {"province": "北京市", "city": "北京市", "district": "海淀区", "street": "中关村大街1号"}
+
+
+@asynccontextmanager
+async def logistics_service(tmp_path: Path, port: int | None = None) -> AsyncIterator[Logistics]:
+    gateway = CallbackRecorder()
+    async with serving(gateway.app) as gateway_url:
+        service = logistics.build(
+            ServiceConfig(
+                name="logistics",
+                database_url=f"sqlite:///{tmp_path / 'logistics.db'}",
+                gateway_url=gateway_url,
+            )
+        )
+        async with (
+            serving(service.app, port) as url,
+            httpx.AsyncClient(base_url=url, timeout=30) as http,
+        ):
+            yield Logistics(url, http)
 
 
 @asynccontextmanager
@@ -235,7 +290,22 @@ async def test_activation_callback_and_test_transaction(
         assert len(session.exec(select(Callback)).all()) == 1
 
 
-async def test_release_returns_stock_and_retires_ids(device: Device) -> None:
+@pytest.fixture
+async def beside(
+    tmp_path: Path, recorder: tuple[CallbackRecorder, str]
+) -> AsyncIterator[tuple[Device, Logistics]]:
+    """The device service with a real logistics service to ask where terminals are."""
+    async with (
+        logistics_service(tmp_path) as lg,
+        running(make_config(tmp_path, recorder[1], logistics_url=lg.url)) as device,
+    ):
+        yield device, lg
+
+
+async def test_release_of_terminals_never_shipped_returns_stock_and_retires_ids(
+    beside: tuple[Device, Logistics],
+) -> None:
+    device, _ = beside
     reservation, registration, codes = await device.prepared("APP-1", quantity=2)
     serial = reservation["serials"][0]
     await device.post(f"/terminals/{serial}/activation", {"code": codes[serial]})
@@ -244,7 +314,10 @@ async def test_release_returns_stock_and_retires_ids(device: Device) -> None:
     path = f"/reservations/{reservation['reservation_id']}/release"
     released = await device.post(path, {"reason": "merchant withdrew"}, key="rel-1")
     assert released.status_code == 200
-    assert released.json()["reference"] == reservation["reservation_id"]
+    assert released.json() == {
+        "reference": reservation["reservation_id"],
+        "detail": f"2 terminal(s) back in stock, MID {registration['mid']} retired",
+    }
     replay = await device.post(path, {"reason": "merchant withdrew"}, key="rel-1")
     assert replay.json() == released.json()
     again = await device.post(path, {"reason": "merchant withdrew"})
@@ -420,3 +493,94 @@ async def test_unreachable_service_is_retryable() -> None:
     assert unreachable.value.type == "ServiceUnavailable"
     assert not unreachable.value.non_retryable
     await activities.client.aclose()
+
+
+# --- released terminals come back into stock once they are at the warehouse -------------------
+
+
+async def status_of(device: Device, serials: list[str]) -> set[str]:
+    return {(await device.http.get(f"/terminals/{s}")).json()["status"] for s in serials}
+
+
+async def until_in_stock(device: Device, serials: list[str], seconds: float = 10) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if await status_of(device, serials) == {"in_stock"}:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{serials} never back in stock: {await status_of(device, serials)}")
+
+
+async def test_terminals_with_the_merchant_are_returning_until_their_parcel_arrives(
+    beside: tuple[Device, Logistics],
+) -> None:
+    device, lg = beside
+    reservation, registration, codes = await device.prepared("APP-1", quantity=2)
+    serials = reservation["serials"]
+    shipped = await lg.ship("APP-1", serials)
+    await lg.post(f"/shipments/{shipped}/delivery", {"outcome": "delivered"})
+    await device.post(f"/terminals/{serials[0]}/activation", {"code": codes[serials[0]]})
+    returned = await lg.arrange_return("APP-1", serials)  # booked, still at the merchant's
+
+    path = f"/reservations/{reservation['reservation_id']}/release"
+    released = await device.post(path, {"reason": "withdrawn"}, key="rel-1")
+    assert released.status_code == 200, released.text
+    assert released.json()["detail"] == (
+        "0 terminal(s) back in stock, 2 returning (in stock once back at the warehouse),"
+        f" MID {registration['mid']} retired"
+    )
+    terminal = (await device.http.get(f"/terminals/{serials[0]}")).json()
+    assert (terminal["status"], terminal["mid"], terminal["tid"], terminal["bound_to"]) == (
+        "returning",
+        None,
+        None,
+        None,
+    )
+    assert await device.in_stock() == 3
+    # Not reservable while away, and released once only.
+    short = await device.post(
+        "/reservations", {"application_id": "APP-2", "model": A8, "quantity": 4}
+    )
+    assert short.status_code == 409 and short.json()["fields"]["available"] == "3"
+    again = await device.post(path, {"reason": "withdrawn"}, key="rel-2")
+    assert again.json()["detail"] == "already released"
+
+    await lg.post(f"/shipments/{returned}/scans", {"location": "北京"})
+    await asyncio.sleep(0.3)  # a few check-in passes: in transit is not back
+    assert await status_of(device, serials) == {"returning"}
+    await lg.post(f"/shipments/{returned}/delivery", {"outcome": "delivered"})
+    await until_in_stock(device, serials)
+    assert await device.in_stock() == 5
+
+
+async def test_a_recalled_parcel_brings_its_terminals_back_when_it_arrives(
+    beside: tuple[Device, Logistics],
+) -> None:
+    device, lg = beside
+    reservation, _, _ = await device.prepared("APP-1", quantity=1)
+    serials = reservation["serials"]
+    shipped = await lg.ship("APP-1", serials)
+    await lg.post(f"/shipments/{shipped}/recall", {"reason": "withdrawn"})
+    path = f"/reservations/{reservation['reservation_id']}/release"
+    assert (await device.post(path, {"reason": "withdrawn"})).status_code == 200
+    assert await status_of(device, serials) == {"returning"}
+    await lg.post(f"/shipments/{shipped}/arrival", {})
+    await until_in_stock(device, serials)
+
+
+async def test_release_while_logistics_is_down_waits_for_it(
+    tmp_path: Path, recorder: tuple[CallbackRecorder, str]
+) -> None:
+    """Nobody can say where the terminals are: they stay returning, never wrongly in stock, and
+    the check-in finds them on the shelf once logistics answers."""
+    port = free_port()
+    config = make_config(tmp_path, recorder[1], logistics_url=f"http://127.0.0.1:{port}")
+    async with running(config) as device:
+        reservation, _, _ = await device.prepared("APP-1", quantity=2)
+        path = f"/reservations/{reservation['reservation_id']}/release"
+        released = await device.post(path, {"reason": "withdrawn"})
+        assert released.status_code == 200
+        assert released.json()["detail"].startswith("0 terminal(s) back in stock, 2 returning")
+        await asyncio.sleep(0.2)
+        assert await status_of(device, reservation["serials"]) == {"returning"}
+        async with logistics_service(tmp_path, port):  # never shipped: on the shelf
+            await until_in_stock(device, reservation["serials"])
