@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -81,6 +81,9 @@ class StandIns:
     # A step named here waits for its gate before answering (the test opens it).
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
     started: dict[str, asyncio.Event] = field(default_factory=dict)  # set when a gated step runs
+    # Called with (step, request, result) just before a step answers: a test plays the service
+    # sending its callback before, while or after the workflow hears the answer.
+    answering: Callable[[str, Any, BaseModel], Awaitable[None]] | None = None
     _numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def hold(self, name: str) -> asyncio.Event:
@@ -147,7 +150,10 @@ class StandIns:
                 if (gate := s.gates.get(name)) is not None:
                     s.started[name].set()
                     await gate.wait()
-                return make(request, s._record(name, request))
+                result = make(request, s._record(name, request))
+                if s.answering is not None:
+                    await s.answering(name, request, result)
+                return result
 
             run.__annotations__ = {"request": request_type, "return": BaseModel}
             return activity.defn(name=name)(run)
