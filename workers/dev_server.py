@@ -206,6 +206,7 @@ class DevServer:
         executable: Path | None = None,
         startup_timeout: float = 30.0,
         stop_timeout: float = 10.0,
+        ui_codec_endpoint: str | None = None,
     ) -> None:
         self.port = port
         self.ui_port = ui_port
@@ -219,6 +220,9 @@ class DevServer:
         self.executable = executable
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
+        # Where the Web UI sends payloads to be decrypted (the gateway's `/codec`); None: the UI
+        # shows them encrypted.
+        self.ui_codec_endpoint = ui_codec_endpoint
         self.log_file = self.db_file.with_suffix(".log")
         self.pid_file = self.db_file.with_suffix(".pid")
         self._process: asyncio.subprocess.Process | None = None
@@ -263,6 +267,8 @@ class DevServer:
         else:
             # The news feed is fetched from the internet; the UI must work offline.
             command += ["--ui-port", str(self.ui_port), "--ui-disable-news-fetch"]
+            if self.ui_codec_endpoint:
+                command += ["--ui-codec-endpoint", self.ui_codec_endpoint]
         return command
 
     async def start(self) -> None:
