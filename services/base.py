@@ -376,6 +376,11 @@ MAX_BACKOFF = 30.0  # seconds between attempts when the gateway says nothing
 MAX_RETRY_AFTER = 300.0  # the longest wait a `Retry-After` can impose
 
 
+# How many callbacks one poll picks up, and how many applications' callbacks are sent at once.
+OUTBOX_BATCH = 200
+OUTBOX_CONCURRENCY = 16
+
+
 async def deliver_callbacks(service: Service, poll: float = 0.2) -> None:
     """Send due callbacks to the gateway, signed, until each is acknowledged or refused for
     good (see `_deliver` for which answers are which)."""
@@ -389,12 +394,41 @@ async def deliver_callbacks(service: Service, poll: float = 0.2) -> None:
                     .where(Callback.service == config.name, Callback.delivered_at == None)  # noqa: E711
                     .where(Callback.next_attempt_at <= now)
                     .order_by(Callback.id)  # type: ignore[arg-type]
-                    .limit(50)
+                    .limit(OUTBOX_BATCH)
                 ).all()
+                # One application's callbacks go in order; different applications' go side by
+                # side, so one slow answer (the gateway may wait seconds for a workflow that
+                # holds a message as pending) never holds up every other merchant's.
+                by_application: dict[str, list[Callback]] = {}
                 for callback in due:
-                    await _deliver(client, session, config, callback)
+                    by_application.setdefault(_application_of(callback.path), []).append(callback)
+                lanes = asyncio.Semaphore(OUTBOX_CONCURRENCY)
+                await asyncio.gather(
+                    *(
+                        _deliver_in_order(lanes, client, session, config, callbacks)
+                        for callbacks in by_application.values()
+                    )
+                )
                 session.commit()
             await asyncio.sleep(poll)
+
+
+async def _deliver_in_order(
+    lanes: asyncio.Semaphore,
+    client: httpx.AsyncClient,
+    session: Session,
+    config: ServiceConfig,
+    callbacks: list[Callback],
+) -> None:
+    async with lanes:
+        for callback in callbacks:
+            await _deliver(client, session, config, callback)
+
+
+def _application_of(path: str) -> str:
+    """The application a callback path is for (`/api/applications/{id}/...`)."""
+    parts = path.split("/")
+    return parts[3] if len(parts) > 3 else path
 
 
 def retry_after(response: httpx.Response, now: datetime) -> float | None:

@@ -222,3 +222,48 @@ async def test_a_busy_gateway_is_tried_again_after_its_retry_after(tmp_path: Pat
     assert callback.delivered_at is not None and callback.attempts == 2
     assert callback.last_error == ""
     assert len(seen) == 2 and seen[1] - seen[0] >= 0.95
+
+
+async def test_one_slow_answer_does_not_hold_up_other_applications_callbacks(
+    tmp_path: Path,
+) -> None:
+    """The gateway may take seconds over one application's message (held as pending by its
+    workflow): another application's callback queued behind it is delivered meanwhile, and one
+    application's callbacks still go in the order they were written."""
+    slow_release = asyncio.Event()
+    arrived: list[tuple[str, str, float]] = []
+    gateway = FastAPI()
+
+    @gateway.post("/api/applications/{application_id}/{kind}")
+    async def receive(application_id: str, kind: str) -> Response:
+        arrived.append((application_id, kind, time.monotonic()))
+        if application_id == "APP-SLOW" and kind == "review-decision":
+            await asyncio.wait_for(slow_release.wait(), 5)
+        return Response(status_code=200, content=b"{}")
+
+    async with serving(gateway) as gateway_url:
+        service = outbox(tmp_path, gateway_url)
+        with service.session() as session:
+            for app_id, kind in [
+                ("APP-SLOW", "review-decision"),
+                ("APP-SLOW", "site-survey"),
+                ("APP-FAST", "contract"),
+            ]:
+                enqueue_callback(session, "probe", callback_path(app_id, kind), Echo(value=kind))
+            session.commit()
+        async with serving(service.app):
+            for _ in range(100):
+                if any(a == "APP-FAST" for a, _, _ in arrived):
+                    break
+                await asyncio.sleep(0.05)
+            # The fast application's callback got through while the slow one was still held.
+            assert [(a, k) for a, k, _ in arrived] == [
+                ("APP-SLOW", "review-decision"),
+                ("APP-FAST", "contract"),
+            ]
+            slow_release.set()
+            for _ in range(100):
+                if len(arrived) == 3:
+                    break
+                await asyncio.sleep(0.05)
+    assert [(a, k) for a, k, _ in arrived][2] == ("APP-SLOW", "site-survey")
