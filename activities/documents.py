@@ -30,6 +30,11 @@ _CHECK_RULES: dict[IssueCode, str] = {
     IssueCode.INVALID_FORMAT: "is not in the expected format",
     IssueCode.CHECKSUM: "has a check character that does not match",
     IssueCode.INVALID_BIRTH_DATE: "carries a birth date that is not a real date from 1900 to today",
+    IssueCode.UNKNOWN_REGION: "carries a region code that GB/T 2260 has never issued",
+    IssueCode.UNKNOWN_ENTITY_TYPE: (
+        "starts with a registering authority and entity type (characters 1-2) "
+        "that GB 32100 does not define"
+    ),
 }
 
 
@@ -79,6 +84,7 @@ def _check_tax_registration(number: str) -> IssueCode | None:
     return check_organisation_code(org_code)
 
 
+_RESIDENT_ID_RULE = "GB 11643: 17 digits, then a digit or X"
 _LICENCE_STANDARD = {LicenceKind.USCC: "GB 32100", LicenceKind.LEGACY: "ISO 7064 MOD 11,10"}
 _ACCOUNT_RULE = {AccountKind.PERSONAL: "Luhn, 12-19 digits", AccountKind.CORPORATE: "8-30 digits"}
 
@@ -90,7 +96,7 @@ def _number_issue(field: str, code: IssueCode, label: str, rule: str) -> FieldIs
 def _id_rule(app: Application) -> str:
     if app.legal_representative.id_kind is IdentityKind.PASSPORT:
         return "passport: 5-17 letters or digits"
-    return "GB 11643"
+    return _RESIDENT_ID_RULE
 
 
 # --- required documents ----------------------------------------------------------------------
@@ -165,7 +171,10 @@ def validate_application(app: Application, *, today: date) -> list[FieldIssue]:
             FieldIssue(
                 field="contact.mobile",
                 code=code,
-                message="contact mobile number must be 11 digits starting with 1",
+                message=(
+                    "contact mobile number must be a mainland China mobile number: 11 digits "
+                    "in a range assigned to mobiles (+86, spaces and hyphens may be written)"
+                ),
             )
         )
 
@@ -336,7 +345,7 @@ def _check_document(
         case DocumentKind.IDENTITY_CARD:
             checker.number(
                 lambda number: check_resident_id(number, today=today),
-                "GB 11643",
+                _RESIDENT_ID_RULE,
                 mask_id_number,
                 rep.id_number if rep.id_kind is IdentityKind.RESIDENT_ID else None,
                 "the legal representative's",

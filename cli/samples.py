@@ -25,6 +25,7 @@ from schemas.application import (
 )
 from schemas.documents import Document, DocumentKind
 from schemas.identifiers import (
+    DIVISION_CODES,
     luhn_check_digit,
     organisation_code_check_char,
     registration_check_digit,
@@ -35,9 +36,16 @@ from schemas.identifiers import (
 AREA_CODE = "110108"  # 北京市海淀区
 
 
+def _division(area: str) -> str:
+    # Every generated number must pass the region check: only codes GB/T 2260 has issued.
+    if area not in DIVISION_CODES:
+        raise ValueError(f"{area!r} is not a GB/T 2260 division code")
+    return area
+
+
 def make_resident_id(birth: date, seq: int = 1, area: str = AREA_CODE) -> str:
     """A valid resident ID number for someone born on `birth`; `seq` (0-999) is the order code."""
-    body = f"{area}{birth:%Y%m%d}{seq % 1000:03d}"
+    body = f"{_division(area)}{birth:%Y%m%d}{seq % 1000:03d}"
     return body + resident_id_check_char(body)
 
 
@@ -49,7 +57,7 @@ def make_org_code(seed: int) -> str:
 
 def make_uscc(seed: int, prefix: str = "91", area: str = AREA_CODE) -> str:
     """A valid USCC: `prefix` ("91" enterprise, "92" individual business), area, org code."""
-    body = f"{prefix}{area}{make_org_code(seed)}"
+    body = f"{prefix}{_division(area)}{make_org_code(seed)}"
     return body + uscc_check_char(body)
 
 

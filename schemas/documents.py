@@ -35,6 +35,8 @@ class IssueCode(StrEnum):
     INVALID_FORMAT = "invalid_format"
     CHECKSUM = "checksum"
     INVALID_BIRTH_DATE = "invalid_birth_date"
+    UNKNOWN_REGION = "unknown_region"  # an administrative division code GB/T 2260 never issued
+    UNKNOWN_ENTITY_TYPE = "unknown_entity_type"  # a USCC authority/type pair GB 32100 lacks
     EXPIRED = "expired"
     NAME_MISMATCH = "name_mismatch"
     NUMBER_MISMATCH = "number_mismatch"

@@ -1,11 +1,16 @@
 """Format and check-character rules for Chinese identifiers, and masks for showing them safely.
 
-Pure functions over strings (stdlib only), safe to import inside the Temporal workflow sandbox.
+Pure functions over strings, safe to import inside the Temporal workflow sandbox (passed through:
+the division table is read once, at import). The checks take an identifier in its canonical form;
+the models (`schemas.application`) normalise what people type into it first.
 """
 
 from __future__ import annotations
 
 from datetime import date
+
+import phonenumbers
+from stdnum import numdb
 
 from schemas.documents import IssueCode
 
@@ -35,6 +40,49 @@ def _require(ok: bool, what: str, value: str) -> None:
         raise ValueError(f"{what} expected, got {len(value)} characters that do not fit")
 
 
+# --- administrative division codes (GB/T 2260) -----------------------------------------------
+
+
+def _division_table() -> dict[str, str]:
+    """Every code in python-stdnum's GB/T 2260 table (`stdnum/cn/loc.dat`), ever, with its names.
+
+    The table is a `stdnum.numdb` tree: a two-digit province line, and under it four-digit lines
+    for its prefectures and counties, each with `county="[from-to]name"` (one or more, comma
+    separated: a code can be reissued). The years say when a name held the code; they are ignored
+    here, because a resident ID keeps the code it was issued with (a county abolished since), and
+    an older person's ID may carry a code created after their birth (issued when they moved).
+    """
+    table: dict[str, str] = {}
+
+    def walk(prefixes: list[numdb.PrefixInfo], head: str, names: str) -> None:
+        for length, low, high, props, children in prefixes:
+            for value in range(int(low), int(high) + 1):
+                code = f"{head}{value:0{length}d}"
+                if len(code) < 6:
+                    walk(children, code, props.get("province", names))
+                elif len(code) == 6:
+                    table[code] = props.get("county", names)
+
+    walk(numdb.get("cn/loc").prefixes, "", "")
+    return table
+
+
+_DIVISIONS = _division_table()
+
+DIVISION_CODES: frozenset[str] = frozenset(_DIVISIONS)
+"""Every administrative division code GB/T 2260 has issued since 1980, abolished ones included:
+provinces (110000), prefectures (110100) and counties (110105)."""
+
+
+def division_code_abolished(code: str) -> bool:
+    """Whether every name that held `code` has an end year (no division holds it today)."""
+    names = _DIVISIONS.get(code, "")
+    return bool(names) and all(
+        name.startswith("[") and name[1 : name.index("]")].rpartition("-")[2]
+        for name in names.split(",")
+    )
+
+
 # --- resident identity number (GB 11643) -----------------------------------------------------
 
 
@@ -59,14 +107,18 @@ def resident_id_birth_date(number: str) -> date | None:
 def check_resident_id(number: str, *, today: date) -> IssueCode | None:
     """GB 11643 resident identity number: 17 digits and a check character.
 
-    The check character must be a digit or an uppercase 'X'; a lowercase 'x' is INVALID_FORMAT,
-    so the number on file is always in the one canonical form. The birth date (positions 7-14)
-    must be a real date from 1900-01-01 up to `today`.
+    The check character must be a digit or an uppercase 'X'; a lowercase 'x' is INVALID_FORMAT
+    here (the models write it as 'X' before this sees it), so the number on file is always in the
+    one canonical form. Positions 1-6 must be a division code GB/T 2260 has issued at any time,
+    whatever the birth date (`DIVISION_CODES`). The birth date (positions 7-14) must be a real
+    date from 1900-01-01 up to `today`.
     """
     if not _is_digits(number[:17], 17) or len(number) != 18:
         return IssueCode.INVALID_FORMAT
     if number[17] not in _DIGITS and number[17] != "X":
         return IssueCode.INVALID_FORMAT
+    if number[:6] not in DIVISION_CODES:
+        return IssueCode.UNKNOWN_REGION
     birth = resident_id_birth_date(number)
     if birth is None or not _EARLIEST_BIRTH_DATE <= birth <= today:
         return IssueCode.INVALID_BIRTH_DATE
@@ -126,16 +178,43 @@ def uscc_check_char(body17: str) -> str:
     return USCC_ALPHABET[(31 - total % 31) % 31]
 
 
+# GB 32100-2015 table 1 and its amendments: the registering authority (登记管理部门, character 1)
+# and the entity types (机构类别, character 2) each defines.
+USCC_ENTITY_TYPES: dict[str, str] = {
+    "1": "1239",  # 机构编制: 机关, 事业单位, 中央编办直接管理机构编制的群众团体, 其他
+    "2": "19",  # 外交: 外国常驻新闻机构, 其他
+    "3": "123459",  # 司法行政: 律师执业机构, 公证处, 基层法律服务所, 司法鉴定机构, 仲裁委员会, 其他
+    "4": "19",  # 文化: 外国在华文化中心, 其他
+    "5": "1239",  # 民政: 社会团体, 民办非企业单位, 基金会, 其他
+    "6": "129",  # 旅游: 外国旅游部门常驻代表机构, 港澳台地区旅游部门常驻内地(大陆)代表机构, 其他
+    "7": "129",  # 宗教: 宗教活动场所, 宗教院校, 其他
+    "8": "19",  # 工会: 基层工会, 其他
+    "9": "123",  # 工商 (市场监管): 企业, 个体工商户, 农民专业合作社
+    "A": "19",  # 中央军委改革和编制办公室: 军队事业单位, 其他
+    "N": "1239",  # 农业: 组级, 村级, 乡镇级集体经济组织, 其他
+    "Y": "1",  # 其他: one type only
+}
+# A code registered by a national authority carries the country's own code as its region
+# (国发〔2015〕33号, the scheme GB 32100 implements: "国家用100000"); GB/T 2260 lists no such row.
+USCC_NATIONAL_REGION = "100000"
+
+
 def check_uscc(code: str) -> IssueCode | None:
     """GB 32100-2015 Unified Social Credit Code (统一社会信用代码), 18 characters.
 
-    Characters 3-8 are the area code (digits); characters 9-17 are a GB 11714 organisation code,
-    whose own check character must also be right.
+    Characters 1-2 are a registering authority and one of its entity types (`USCC_ENTITY_TYPES`);
+    characters 3-8 the registering authority's division code (`DIVISION_CODES`, or 100000 for a
+    national one); characters 9-17 a GB 11714 organisation code, whose own check character must
+    also be right.
     """
     if len(code) != 18 or not all(c in _USCC_VALUES for c in code):
         return IssueCode.INVALID_FORMAT
     if not _is_digits(code[2:8], 6):
         return IssueCode.INVALID_FORMAT
+    if code[1] not in USCC_ENTITY_TYPES.get(code[0], ""):
+        return IssueCode.UNKNOWN_ENTITY_TYPE
+    if code[2:8] not in DIVISION_CODES and code[2:8] != USCC_NATIONAL_REGION:
+        return IssueCode.UNKNOWN_REGION
     if uscc_check_char(code[:17]) != code[17]:
         return IssueCode.CHECKSUM
     if check_organisation_code(code[8:17]) is not None:
@@ -212,9 +291,24 @@ def check_corporate_account(number: str) -> IssueCode | None:
 # --- contact and terminal identifiers --------------------------------------------------------
 
 
+_MOBILE_TYPES = frozenset(
+    (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE)
+)
+
+
 def check_mobile(number: str) -> IssueCode | None:
-    """A mainland mobile number: exactly 11 digits starting with 1, no country code or spaces."""
+    """A mainland mobile number as stored: its 11 digits, no country code or spaces (the models
+    normalise "+86 138-1234-5678" to that), in a range libphonenumber's plan for China (CN) gives
+    to mobiles."""
     if not _is_digits(number, 11) or number[0] != "1":
+        return IssueCode.INVALID_FORMAT
+    try:
+        parsed = phonenumbers.parse(number, "CN")
+    except phonenumbers.NumberParseException:
+        return IssueCode.INVALID_FORMAT
+    if not phonenumbers.is_valid_number_for_region(parsed, "CN"):
+        return IssueCode.INVALID_FORMAT
+    if phonenumbers.number_type(parsed) not in _MOBILE_TYPES:
         return IssueCode.INVALID_FORMAT
     return None
 

@@ -18,6 +18,7 @@ from activities.documents import (
 )
 from schemas.application import AccountKind, Application
 from schemas.documents import Document, DocumentKind, FieldIssue, IssueCode, ValidationReport
+from schemas.identifiers import uscc_check_char
 from schemas.steps import ValidateDocuments
 from tests.factories import (
     ENTERPRISE_NAME,
@@ -180,6 +181,12 @@ def test_premises_photos_need_only_a_file() -> None:
 VALID_ID = make_resident_id(date(1985, 3, 14), 123)
 
 
+def uscc_outside_the_table() -> str:
+    """A USCC with right check characters whose region, 000000, GB/T 2260 never issued."""
+    body = "91000000" + make_org_code(2)
+    return body + uscc_check_char(body)
+
+
 @pytest.mark.parametrize(
     ("app", "field", "value", "code"),
     [
@@ -256,11 +263,43 @@ VALID_ID = make_resident_id(date(1985, 3, 14), 123)
             IssueCode.INVALID_FORMAT,
         ),
         (enterprise_application(), "contact.mobile", "23812345678", IssueCode.INVALID_FORMAT),
+        (enterprise_application(), "contact.mobile", "12012345678", IssueCode.INVALID_FORMAT),
+        (
+            individual_application(),
+            "legal_representative.id_number",
+            "990105194912310023",
+            IssueCode.UNKNOWN_REGION,
+        ),
+        (
+            enterprise_application(),
+            "merchant.licence.number",
+            "9G209971145078087U",
+            IssueCode.UNKNOWN_ENTITY_TYPE,
+        ),
+        (
+            enterprise_application(),
+            "merchant.licence.number",
+            uscc_outside_the_table(),
+            IssueCode.UNKNOWN_REGION,
+        ),
     ],
 )
 def test_application_field_rules(app: Application, field: str, value: str, code: IssueCode) -> None:
     issues = validate_application(with_field(app, field, value), today=TODAY)
     assert codes(issues) == {field: code}
+
+
+def test_region_and_entity_type_issues_name_their_standard() -> None:
+    app = with_field(
+        individual_application(), "legal_representative.id_number", "990105194912310023"
+    )
+    [issue] = validate_application(app, today=TODAY)
+    assert "region code that GB/T 2260 has never issued" in issue.message
+    assert "990105194912310023" not in issue.message
+    app = with_field(enterprise_application(), "merchant.licence.number", "9G209971145078087U")
+    [issue] = validate_application(app, today=TODAY)
+    assert "(characters 1-2) that GB 32100 does not define" in issue.message
+    assert "9G209971145078087U" not in issue.message
 
 
 def test_passport_number_may_have_letters_and_digits() -> None:
@@ -354,6 +393,13 @@ OTHER_ID = make_resident_id(date(1990, 7, 1), 456)
             IssueCode.INVALID_FORMAT,
         ),
         (individual_application(), K.IDENTITY_CARD, {"number": ""}, "number", IssueCode.REQUIRED),
+        (
+            individual_application(),
+            K.IDENTITY_CARD,
+            {"number": "000000194912310027"},
+            "number",
+            IssueCode.UNKNOWN_REGION,
+        ),
         (
             individual_application(),
             K.IDENTITY_CARD,

@@ -8,10 +8,16 @@ from datetime import date, timedelta
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from stdnum import exceptions as stdnum_exceptions
+from stdnum.cn import ric as stdnum_ric
+from stdnum.cn import uscc as stdnum_uscc
 
 from schemas.documents import IssueCode
 from schemas.identifiers import (
+    DIVISION_CODES,
     USCC_ALPHABET,
+    USCC_ENTITY_TYPES,
+    USCC_NATIONAL_REGION,
     check_bank_card,
     check_corporate_account,
     check_mid,
@@ -21,6 +27,7 @@ from schemas.identifiers import (
     check_resident_id,
     check_tid,
     check_uscc,
+    division_code_abolished,
     luhn_check_digit,
     mask_account,
     mask_id_number,
@@ -124,11 +131,15 @@ def test_resident_id_check_char_rejects_a_bad_body() -> None:
         resident_id_check_char("1101051949123100A")
 
 
+DIVISIONS = sorted(DIVISION_CODES)
+divisions = st.sampled_from(DIVISIONS)
+not_divisions = st.text(DIGITS, min_size=6, max_size=6).filter(lambda c: c not in DIVISION_CODES)
+
 resident_ids = st.builds(
     make_resident_id,
     st.dates(min_value=date(1900, 1, 1), max_value=TODAY),
     st.integers(0, 999),
-    st.text(DIGITS, min_size=6, max_size=6),
+    divisions,
 )
 
 
@@ -145,7 +156,105 @@ def test_any_single_substitution_in_resident_id_fails(number: str, data: st.Data
     assert check_resident_id(changed, today=TODAY) in {
         IssueCode.CHECKSUM,
         IssueCode.INVALID_BIRTH_DATE,
+        IssueCode.UNKNOWN_REGION,
     }
+
+
+# --- administrative division codes (GB/T 2260) ----------------------------------------------
+
+
+def _resident_id(area: str, birth: str, seq: str = "002") -> str:
+    body = f"{area}{birth}{seq}"
+    return body + resident_id_check_char(body)
+
+
+def test_division_table_is_python_stdnum_2_2() -> None:
+    # python-stdnum is pinned; a new release may add codes (changes in 2025 and later).
+    assert len(DIVISION_CODES) == 6885
+    assert sum(map(division_code_abolished, DIVISION_CODES)) == 3371
+    assert all(len(code) == 6 and code.isdigit() for code in DIVISION_CODES)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "110000",  # 北京市 (a province-level code)
+        "110100",  # 北京市市辖区 (a prefecture-level code)
+        "110105",  # 北京市朝阳区
+        "110108",  # 北京市海淀区
+        "370202",  # 青岛市市南区, since 1983
+        "440106",  # 广州市天河区, since 1985
+        "513402",  # 会理市, since 2021
+        "653228",  # 和康县, since 2024
+    ],
+)
+def test_current_division_codes(code: str) -> None:
+    assert code in DIVISION_CODES
+    assert not division_code_abolished(code)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "110103",  # 北京市崇文区, merged into 东城区 in 2010
+        "110104",  # 北京市宣武区, merged into 西城区 in 2010
+        "370205",  # 青岛市四方区, 1983-2012
+        "370220",  # 青岛市市区, until 1983 (the "××××20" city-area codes of 1980-1982)
+        "412723",  # 商水县 under 周口地区, until 2000 (python-stdnum issue #442)
+        "442100",  # 海南行政区, under 广东省 until 1988
+        "513425",  # 会理县, until 2021
+    ],
+)
+def test_abolished_division_codes_stay_valid_in_resident_ids(code: str) -> None:
+    assert code in DIVISION_CODES
+    assert division_code_abolished(code)
+    # whether the holder was born before, while or after the code was in use
+    for birth in ("19300101", "19850601", "20200229"):
+        assert check_resident_id(_resident_id(code, birth), today=TODAY) is None
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        "990105194912310023",  # no province 99
+        "000000194912310027",
+        _resident_id("110199", "19850601"),  # no such county in 北京市
+        # 830000 opens the residence permits of Taiwan residents (港澳台居民居住证); GB/T 2260
+        # never issued it, so those permits are refused as resident IDs
+        _resident_id("830000", "19850601"),
+    ],
+)
+def test_resident_id_region_never_issued(number: str) -> None:
+    assert resident_id_check_char(number[:17]) == number[17]  # a right check character
+    assert check_resident_id(number, today=TODAY) is IssueCode.UNKNOWN_REGION
+
+
+def test_resident_id_code_created_after_the_birth_passes() -> None:
+    # 青岛市市南区 got 370202 in 1983; a holder born in 1955 was issued an ID with it.
+    assert check_resident_id("370202195511198195", today=TODAY) is None
+
+
+def test_python_stdnum_validator_is_not_used_for_resident_ids() -> None:
+    # Why the region check reads python-stdnum's table but not its validator: the validator
+    # refuses a code that did not exist at the birth date.
+    with pytest.raises(stdnum_exceptions.InvalidComponent):
+        stdnum_ric.validate("370202195511198195")
+
+
+@given(not_divisions, st.dates(min_value=date(1900, 1, 1), max_value=TODAY), st.integers(0, 999))
+def test_any_resident_id_with_a_region_outside_the_table_is_refused(
+    area: str, birth: date, seq: int
+) -> None:
+    number = _resident_id(area, f"{birth:%Y%m%d}", f"{seq:03d}")
+    assert check_resident_id(number, today=TODAY) is IssueCode.UNKNOWN_REGION
+
+
+@given(divisions, st.dates(min_value=date(1900, 1, 1), max_value=TODAY), st.integers(0, 999))
+def test_any_resident_id_from_the_table_with_valid_date_and_checksum_passes(
+    area: str, birth: date, seq: int
+) -> None:
+    number = _resident_id(area, f"{birth:%Y%m%d}", f"{seq:03d}")
+    assert check_resident_id(number, today=TODAY) is None
 
 
 # --- organisation code -----------------------------------------------------------------------
@@ -290,10 +399,12 @@ def _build_uscc(head: str, area: str, org_body: str) -> str:
     return body + uscc_check_char(body)
 
 
+USCC_HEADS = sorted(a + t for a, types in USCC_ENTITY_TYPES.items() for t in types)
+
 usccs = st.builds(
     _build_uscc,
-    st.text(USCC_ALPHABET, min_size=2, max_size=2),
-    st.text(DIGITS, min_size=6, max_size=6),
+    st.sampled_from(USCC_HEADS),
+    st.one_of(divisions, st.just(USCC_NATIONAL_REGION)),
     st.text(USCC_ALPHABET, min_size=8, max_size=8),
 )
 
@@ -313,8 +424,80 @@ def test_factory_uscc_is_valid(seed: int) -> None:
 def test_any_single_substitution_in_uscc_fails(code: str, data: st.DataObject) -> None:
     index = data.draw(st.integers(0, 17))
     changed = substitute(code, index, data.draw(other_char(USCC_ALPHABET, code[index])))
-    # A letter in the area code is a format error; anything else breaks a check character.
-    assert check_uscc(changed) in {IssueCode.CHECKSUM, IssueCode.INVALID_FORMAT}
+    # A letter in the area code is a format error; an authority, type or region the standards
+    # never defined is named; anything else breaks a check character.
+    assert check_uscc(changed) in {
+        IssueCode.CHECKSUM,
+        IssueCode.INVALID_FORMAT,
+        IssueCode.UNKNOWN_ENTITY_TYPE,
+        IssueCode.UNKNOWN_REGION,
+    }
+
+
+def test_uscc_with_an_undefined_authority_and_type_is_refused() -> None:
+    # Both check characters are right, but 工商 (9) has no entity type G, and no division
+    # 209971 was ever issued: the first rule broken is named.
+    code = "9G209971145078087U"
+    assert uscc_check_char(code[:17]) == code[17]
+    assert check_organisation_code(code[8:17]) is None
+    assert check_uscc(code) is IssueCode.UNKNOWN_ENTITY_TYPE
+
+
+def test_uscc_authority_and_type_pairs_are_exactly_those_of_gb32100() -> None:
+    defined = {
+        ("1", "1"), ("1", "2"), ("1", "3"), ("1", "9"),
+        ("2", "1"), ("2", "9"),
+        ("3", "1"), ("3", "2"), ("3", "3"), ("3", "4"), ("3", "5"), ("3", "9"),
+        ("4", "1"), ("4", "9"),
+        ("5", "1"), ("5", "2"), ("5", "3"), ("5", "9"),
+        ("6", "1"), ("6", "2"), ("6", "9"),
+        ("7", "1"), ("7", "2"), ("7", "9"),
+        ("8", "1"), ("8", "9"),
+        ("9", "1"), ("9", "2"), ("9", "3"),
+        ("A", "1"), ("A", "9"),
+        ("N", "1"), ("N", "2"), ("N", "3"), ("N", "9"),
+        ("Y", "1"),
+    }  # fmt: skip
+    for authority in USCC_ALPHABET:
+        for entity_type in USCC_ALPHABET:
+            code = _build_uscc(authority + entity_type, "110108", "M000100Y")
+            expected = (
+                None if (authority, entity_type) in defined else IssueCode.UNKNOWN_ENTITY_TYPE
+            )
+            assert check_uscc(code) is expected, code
+
+
+def test_uscc_region_must_be_a_division_code_or_the_national_one() -> None:
+    assert check_uscc(_build_uscc("91", "110105", "M000100Y")) is None  # a county
+    assert check_uscc(_build_uscc("91", "350100", "M000100Y")) is None  # a prefecture
+    assert check_uscc(_build_uscc("91", "110000", "M000100Y")) is None  # a province
+    assert check_uscc(_build_uscc("91", "110103", "M000100Y")) is None  # abolished in 2010
+    assert check_uscc(_build_uscc("11", USCC_NATIONAL_REGION, "00001314")) is None
+    assert check_uscc(_build_uscc("91", "209971", "M000100Y")) is IssueCode.UNKNOWN_REGION
+    assert check_uscc(_build_uscc("91", "000000", "M000100Y")) is IssueCode.UNKNOWN_REGION
+
+
+@given(st.sampled_from(sorted(USCC_ENTITY_TYPES)), not_divisions, st.data())
+def test_any_uscc_with_a_region_outside_the_table_is_refused(
+    authority: str, area: str, data: st.DataObject
+) -> None:
+    if area == USCC_NATIONAL_REGION:
+        return
+    head = authority + data.draw(st.sampled_from(USCC_ENTITY_TYPES[authority]))
+    code = _build_uscc(head, area, data.draw(st.text(USCC_ALPHABET, min_size=8, max_size=8)))
+    assert check_uscc(code) is IssueCode.UNKNOWN_REGION
+
+
+def test_python_stdnum_uscc_validator_is_not_used() -> None:
+    # It refuses a letter among the first 8 characters, which GB 32100 allows for the authority
+    # (A, N, Y), and it accepts authority and type pairs the standard does not define.
+    for head in ("Y1", "N1", "A1"):
+        code = _build_uscc(head, "110108", "M000100Y")
+        assert check_uscc(code) is None
+        assert not stdnum_uscc.is_valid(code)
+    undefined = _build_uscc("99", "110108", "M000100Y")
+    assert stdnum_uscc.is_valid(undefined)
+    assert check_uscc(undefined) is IssueCode.UNKNOWN_ENTITY_TYPE
 
 
 # --- legacy registration number --------------------------------------------------------------
@@ -455,6 +638,17 @@ def test_corporate_account(number: str, expected: IssueCode | None) -> None:
 )
 def test_mobile(number: str, expected: IssueCode | None) -> None:
     assert check_mobile(number) is expected
+
+
+@pytest.mark.parametrize("number", ["14512345678", "16612345678", "17012345678", "19212345678"])
+def test_mobile_ranges_of_every_operator(number: str) -> None:
+    assert check_mobile(number) is None
+
+
+@pytest.mark.parametrize("number", ["10012345678", "11012345678", "12012345678"])
+def test_mobile_range_not_assigned_to_mobiles(number: str) -> None:
+    # 11 digits starting with 1, but no mobile range in China's numbering plan (libphonenumber)
+    assert check_mobile(number) is IssueCode.INVALID_FORMAT
 
 
 @pytest.mark.parametrize(
