@@ -19,8 +19,10 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.apps import apps_app
+from cli.keys import keys_app
 from services.stack import GATEWAY_PORT, PORTS, Served, serve, stop_all
 from services.stack import build as build_service
+from workers.codec import KeyRingError, ensure_key_ring, load_key_ring
 from workers.config import TemporalSettings
 from workers.dev_server import DEFAULT_PORT, DEFAULT_UI_PORT, DevServer, DevServerError
 from workers.logging import configure_logging
@@ -33,6 +35,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(apps_app, name="apps")
+app.add_typer(keys_app, name="keys")
 console = Console()
 log = structlog.get_logger(__name__)
 
@@ -55,7 +58,7 @@ def _stop_on_signals() -> asyncio.Event:
 def _run(main: Coroutine[Any, Any, None]) -> None:
     try:
         asyncio.run(main)
-    except DevServerError as error:
+    except (DevServerError, KeyRingError) as error:
         console.print(f"[bold red]error:[/] {error}", highlight=False)
         raise typer.Exit(1) from None
 
@@ -117,8 +120,15 @@ async def _up(port: int, ui_port: int) -> None:
     for service in SANDBOX_AUTOMATION:
         os.environ.setdefault(f"POSFLOW_{service}_AUTO", "true")
 
+    created = ensure_key_ring()
+    if created is not None:
+        console.print(f"Created the payload encryption key file {created} (keep it).")
+    load_key_ring()  # a malformed ring stops here, before anything starts
+
     stop = _stop_on_signals()
-    server = DevServer(port=port, ui_port=ui_port)
+    # The Web UI decrypts payloads through the gateway's codec endpoint.
+    codec = f"http://127.0.0.1:{GATEWAY_PORT}/codec"
+    server = DevServer(port=port, ui_port=ui_port, ui_codec_endpoint=codec)
     if not await _start_or_stop(server, stop):
         return
     try:

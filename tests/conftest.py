@@ -4,6 +4,8 @@ here), or `host:port` (an already running server)."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import sys
 import uuid
@@ -17,9 +19,22 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.scenario import Bench
 from tests.standins import StandIns
-from workers.temporal import DATA_CONVERTER, build_worker, register_search_attributes
+from workers.codec import KEYRING_ENV, KEYRING_FILE_ENV, KeyRing
+from workers.temporal import build_worker, data_converter, register_search_attributes
 
 BIN = Path(sys.executable).parent
+
+# The tests' payload key ring, in the environment so that every client, worker, replayer and
+# process the tests start uses it, and no user's key file is read. The key is fixed, not random:
+# golden histories recorded by the tests (POSFLOW_RECORD_GOLDEN=1) are encrypted with it and must
+# replay in later sessions. It protects nothing but test data.
+TEST_KEY_RING = KeyRing(
+    current="test-1",
+    keys={"test-1": hashlib.sha256(b"posflow test key ring: test-1").digest()},
+    source=f"the tests' key ring ({KEYRING_ENV})",
+)
+os.environ[KEYRING_ENV] = TEST_KEY_RING.to_json()
+os.environ.pop(KEYRING_FILE_ENV, None)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -53,12 +68,12 @@ async def real_server(environment_kind: str) -> AsyncIterator[WorkflowEnvironmen
         return
     if environment_kind == "local":
         environment = await WorkflowEnvironment.start_local(
-            data_converter=DATA_CONVERTER,
+            data_converter=data_converter(),
             dev_server_existing_path=_binary("temporal"),
             dev_server_extra_args=["--sqlite-pragma", "journal_mode=wal"],
         )
     else:
-        client = await Client.connect(environment_kind, data_converter=DATA_CONVERTER)
+        client = await Client.connect(environment_kind, data_converter=data_converter())
         environment = WorkflowEnvironment.from_client(client)
     await register_search_attributes(environment.client)
     yield environment
@@ -76,7 +91,7 @@ async def env(real_server: WorkflowEnvironment | None) -> AsyncIterator[Workflow
         yield real_server
         return
     environment = await WorkflowEnvironment.start_time_skipping(
-        data_converter=DATA_CONVERTER, test_server_existing_path=_binary("temporal-test-server")
+        data_converter=data_converter(), test_server_existing_path=_binary("temporal-test-server")
     )
     await register_search_attributes(environment.client)
     yield environment

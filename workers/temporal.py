@@ -1,8 +1,10 @@
 """Every Temporal client and worker is built here, so connection and security settings, the data
-converter and interceptors are decided once."""
+converter (pydantic, with the payload codec that encrypts personal data) and interceptors are
+decided once."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,17 +16,47 @@ from temporalio.api.operatorservice.v1 import (
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 from temporalio.worker import Replayer, Worker
 
+from workers.codec import EncryptionCodec, KeyRing
 from workers.config import TemporalSettings
 from workers.interceptors import LogContextInterceptor
 from workers.logging import core_logging
 from workflows import search_attributes
 from workflows.onboarding import PosOnboarding
 
-DATA_CONVERTER = pydantic_data_converter
+
+def data_converter(ring: KeyRing | None = None) -> DataConverter:
+    """Pydantic payloads, encrypted by the payload codec: with `ring`, or with the configured key
+    ring (`workers.codec.load_key_ring`; a missing or malformed one raises `KeyRingError`).
+
+    A failure's message and stack trace travel in its encoded attributes, so the codec encrypts
+    them too: an error about a document may quote it.
+    """
+    codec = EncryptionCodec.from_environment() if ring is None else EncryptionCodec(ring)
+    return dataclasses.replace(
+        pydantic_data_converter,
+        payload_codec=codec,
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
+
+
+_converter: DataConverter | None = None
+
+
+def __getattr__(name: str) -> DataConverter:
+    """`DATA_CONVERTER`: the configured converter, built on first use (the key ring is read then,
+    not at import). Kept for callers of the constant; new code calls `data_converter()`."""
+    global _converter
+    if name != "DATA_CONVERTER":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _converter is None:
+        _converter = data_converter()
+    return _converter
+
 
 # Time in stage runs from seconds (a demo) to weeks (a merchant who never sends documents).
 STAGE_SECONDS = [
@@ -78,7 +110,7 @@ async def connect(settings: TemporalSettings) -> Client:
         namespace=settings.namespace,
         api_key=settings.api_key,
         tls=tls,
-        data_converter=DATA_CONVERTER,
+        data_converter=data_converter(),
         runtime=runtime_serving_metrics(settings.metrics_address)
         if settings.metrics_address
         else None,
@@ -128,8 +160,11 @@ def build_worker(
     )
 
 
-def build_replayer() -> Replayer:
-    """A replayer configured as the workers are, for golden histories and admins' replays."""
+def build_replayer(converter: DataConverter | None = None) -> Replayer:
+    """A replayer configured as the workers are, for golden histories and admins' replays; it
+    reads histories written before the codec existed as well as encrypted ones."""
     return Replayer(
-        workflows=[PosOnboarding], data_converter=DATA_CONVERTER, interceptors=INTERCEPTORS
+        workflows=[PosOnboarding],
+        data_converter=converter or data_converter(),
+        interceptors=INTERCEPTORS,
     )
