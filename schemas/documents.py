@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import date
 from enum import StrEnum
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from schemas.application import Model
+from schemas.application import Model, OptionalIdentifier, OptionalName, Text, normalise_resident_id
 
 
 class DocumentKind(StrEnum):
@@ -24,10 +24,17 @@ class Document(Model):
     """One document as captured by the front end: the file reference and the data read off it."""
 
     kind: DocumentKind
-    file_id: str = Field(min_length=1, max_length=200)  # where the scan is stored; never the bytes
-    number: str = Field(default="", max_length=40)  # ID, licence, certificate or account number
-    holder_name: str = Field(default="", max_length=120)
+    file_id: Text = Field(min_length=1, max_length=200)  # where the scan is stored; never the bytes
+    # ID, licence, certificate or account number
+    number: OptionalIdentifier = Field(default="", max_length=40)
+    holder_name: OptionalName = Field(default="", max_length=120)
     expires_on: date | None = None  # None: long-term (长期有效) or not applicable
+
+    @model_validator(mode="after")
+    def _resident_id_check_character_uppercase(self) -> Document:
+        if self.kind is DocumentKind.IDENTITY_CARD:
+            self.number = normalise_resident_id(self.number)
+        return self
 
 
 class IssueCode(StrEnum):

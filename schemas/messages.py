@@ -11,7 +11,7 @@ from enum import StrEnum
 
 from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
-from schemas.application import Model
+from schemas.application import Model, Note, OptionalText, PersonName, RequiredNote, Text
 from schemas.documents import DocumentKind, FieldIssue
 
 MessageId = str
@@ -29,8 +29,8 @@ class ReviewDecision(Model):
     round: int = Field(ge=1)
     outcome: ReviewOutcome
     required_documents: list[DocumentKind] = Field(default_factory=list)
-    reasons: list[str] = Field(default_factory=list)
-    reviewer: str = Field(min_length=1, max_length=80)
+    reasons: list[RequiredNote] = Field(default_factory=list)
+    reviewer: PersonName = Field(min_length=1, max_length=80)
 
     @model_validator(mode="after")
     def _outcome_has_its_details(self) -> ReviewDecision:
@@ -47,8 +47,8 @@ class SiteSurveyResult(Model):
     event_id: MessageId = Field(min_length=1, max_length=80)
     survey_id: str = Field(min_length=1, max_length=80)
     passed: bool
-    surveyor: str = Field(min_length=1, max_length=80)
-    notes: str = Field(default="", max_length=1000)
+    surveyor: PersonName = Field(min_length=1, max_length=80)
+    notes: Note = Field(default="", max_length=1000)
 
 
 class ContractEventKind(StrEnum):
@@ -74,7 +74,7 @@ class DeliveryOutcome(Model):
     event_id: MessageId = Field(min_length=1, max_length=80)
     reference: str = Field(min_length=1, max_length=80)  # shipment or appointment id
     kind: DeliveryOutcomeKind
-    detail: str = Field(default="", max_length=500)
+    detail: Note = Field(default="", max_length=500)
 
 
 class ShipmentScan(Model):
@@ -82,9 +82,9 @@ class ShipmentScan(Model):
 
     event_id: MessageId = Field(min_length=1, max_length=80)
     shipment_id: str = Field(min_length=1, max_length=80)
-    location: str = Field(max_length=120)
+    location: OptionalText = Field(max_length=120)
     scanned_at: AwareDatetime
-    description: str = Field(default="", max_length=200)
+    description: OptionalText = Field(default="", max_length=200)
 
 
 class TerminalActivated(Model):
@@ -96,22 +96,22 @@ class TerminalActivated(Model):
 class TrainingCompleted(Model):
     event_id: MessageId = Field(min_length=1, max_length=80)
     session_id: str = Field(min_length=1, max_length=80)
-    trainer: str = Field(min_length=1, max_length=80)
-    topics: list[str] = Field(default_factory=list)
+    trainer: PersonName = Field(min_length=1, max_length=80)
+    topics: list[Text] = Field(default_factory=list)
 
 
 class CancelRequest(Model):
     request_id: MessageId = Field(min_length=1, max_length=80)
-    reason: str = Field(min_length=1, max_length=500)
-    requested_by: str = Field(min_length=1, max_length=80)
+    reason: RequiredNote = Field(min_length=1, max_length=500)
+    requested_by: PersonName = Field(min_length=1, max_length=80)
 
 
 class AdminAction(Model):
     """An admin's `retry` or `skip` of the step an application is parked on."""
 
     request_id: MessageId = Field(min_length=1, max_length=80)
-    admin: str = Field(min_length=1, max_length=80)
-    note: str = Field(default="", max_length=500)
+    admin: PersonName = Field(min_length=1, max_length=80)
+    note: Note = Field(default="", max_length=500)
 
 
 class Ack(Model):
