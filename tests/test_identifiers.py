@@ -12,6 +12,9 @@ from stdnum import exceptions as stdnum_exceptions
 from stdnum.cn import ric as stdnum_ric
 from stdnum.cn import uscc as stdnum_uscc
 
+from activities.documents import validate_application
+from cli.samples import sample
+from schemas.application import LicenceKind
 from schemas.documents import IssueCode
 from schemas.identifiers import (
     DIVISION_CODES,
@@ -239,6 +242,20 @@ def test_python_stdnum_validator_is_not_used_for_resident_ids() -> None:
     # refuses a code that did not exist at the birth date.
     with pytest.raises(stdnum_exceptions.InvalidComponent):
         stdnum_ric.validate("370202195511198195")
+
+
+def test_demo_merchants_carry_only_division_codes() -> None:
+    for seed in range(300):
+        application = sample(seed).application
+        assert application.legal_representative.id_number[:6] in DIVISION_CODES
+        licence = application.merchant.licence
+        area = licence.number[2:8] if licence.kind is LicenceKind.USCC else licence.number[:6]
+        assert area in DIVISION_CODES
+        assert validate_application(application, today=TODAY) == []
+    with pytest.raises(ValueError, match="not a GB/T 2260 division code"):
+        make_resident_id(date(1985, 3, 14), 1, "990105")
+    with pytest.raises(ValueError, match="not a GB/T 2260 division code"):
+        make_uscc(1, area="000000")
 
 
 @given(not_divisions, st.dates(min_value=date(1900, 1, 1), max_value=TODAY), st.integers(0, 999))
