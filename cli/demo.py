@@ -57,6 +57,25 @@ def samples(count: int, seed: int) -> list[Sample]:
     return result
 
 
+async def post_until_answered(
+    http: httpx.AsyncClient, path: str, body: dict[str, Any], tries: int = 5
+) -> httpx.Response:
+    """POST as a merchant's front end would: a timeout or a 503 is sent again with the same
+    submission id (answered once, as a duplicate if the first got through), after the
+    gateway's Retry-After."""
+    for attempt in range(1, tries + 1):
+        try:
+            response = await http.post(path, json=body)
+        except httpx.TimeoutException:
+            if attempt == tries:
+                raise
+            continue
+        if response.status_code != 503 or attempt == tries:
+            return response
+        await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+    raise AssertionError("unreachable")
+
+
 async def run_demo(gateway_url: str, count: int, seed: int, patience: float) -> DemoResult:
     result = DemoResult()
     started = time.monotonic()
@@ -72,7 +91,9 @@ async def run_demo(gateway_url: str, count: int, seed: int, patience: float) -> 
                 "submission_id": f"{app.application_id}-docs",
                 "documents": [d.model_dump(mode="json") for d in s.documents],
             }
-            answer = await http.post(f"/api/applications/{app.application_id}/documents", json=docs)
+            answer = await post_until_answered(
+                http, f"/api/applications/{app.application_id}/documents", docs
+            )
             if answer.status_code == 422:
                 result.refused_documents += 1
             else:
@@ -106,9 +127,10 @@ async def run_demo(gateway_url: str, count: int, seed: int, patience: float) -> 
                     for d in by_id[app_id].documents
                     if d.kind.value in requested
                 ]
-                await http.post(
+                await post_until_answered(
+                    http,
                     f"/api/applications/{app_id}/documents",
-                    json={"submission_id": f"{app_id}-round-{round_}", "documents": docs},
+                    {"submission_id": f"{app_id}-round-{round_}", "documents": docs},
                 )
             if status["stage"] in FINISHED:
                 result.outcomes[status["stage"]] += 1
