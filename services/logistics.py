@@ -42,7 +42,7 @@ from sqlalchemy import JSON, Column, DateTime
 from sqlmodel import Field as SQLField
 from sqlmodel import Session, SQLModel, col, select
 
-from schemas.application import Address, Model
+from schemas.application import Address, Model, Note, PersonName, Text
 from schemas.messages import DeliveryOutcome, DeliveryOutcomeKind, ShipmentScan, TrainingCompleted
 from schemas.steps import (
     InstallationBooked,
@@ -227,20 +227,22 @@ class Scan(Model):
     description: str = Field(default="", max_length=200)
 
 
+# The same text rules as the messages these reports become, so a hostile report is a 422 here
+# and never a message the gateway would refuse.
 class Delivery(Model):
     outcome: Literal["delivered", "failed"]
-    detail: str = Field(default="", max_length=500)
+    detail: Note = Field(default="", max_length=500)
 
 
 class InstallationReport(Model):
     outcome: Literal["installed", "failed"]
-    technician: str = Field(min_length=1, max_length=80)
-    detail: str = Field(default="", max_length=500)
+    technician: PersonName = Field(min_length=1, max_length=80)
+    detail: Note = Field(default="", max_length=500)
 
 
 class TrainingReport(Model):
-    trainer: str = Field(min_length=1, max_length=80)
-    topics: list[Annotated[str, Field(min_length=1, max_length=80)]] = Field(default_factory=list)
+    trainer: PersonName = Field(min_length=1, max_length=80)
+    topics: list[Annotated[Text, Field(min_length=1, max_length=80)]] = Field(default_factory=list)
 
 
 class Cancellation(Model):

@@ -502,3 +502,18 @@ async def test_activity_on_a_closed_port_is_retryable() -> None:
         await acts.client.aclose()
     assert unavailable.value.type == "ServiceUnavailable"
     assert not unavailable.value.non_retryable
+
+
+async def test_a_report_with_text_no_one_could_mean_is_refused_with_the_field() -> None:
+    """A trainer's name with a bidi override or a NUL is a 422 naming the field, not a 500 when
+    the callback message is built from it."""
+    from services.logistics import TrainingReport
+
+    for bad in ("Li\u202eMing", "Li\x00Ming", " \u3000 "):
+        try:
+            TrainingReport(trainer=bad)
+        except ValueError as err:
+            assert "trainer" in str(err)
+        else:
+            raise AssertionError(f"{bad!r} was accepted")
+    assert TrainingReport(trainer=" 李明 ").trainer == "李明"
