@@ -72,9 +72,14 @@ def test_numbers_inside_free_text_are_masked() -> None:
         "ref 12345678901 at 2026-03-01T10:00:00"
     )
     assert mask_text("id 110105194912310021 ok") == "id 110***********0021 ok"
-    # 18 digits inside a longer run are not an ID; the run is masked as a whole.
-    assert mask_text("x1101051949123100211y") == "x" + "*" * 15 + "0211y"
-    assert mask_text("error: " + "1" * 12) == "error: ********1111"
+    # Digits glued to letters or hyphens belong to an identifier: left whole.
+    assert mask_text("x1101051949123100211y") == "x1101051949123100211y"
+    assert (
+        mask_text("case rc-421fdb9f1234567890123456c199") == "case rc-421fdb9f1234567890123456c199"
+    )
+    # Shorter runs are not masked by shape (a MID is 15 digits); 16 and more are.
+    assert mask_text("MID 898662862827037") == "MID 898662862827037"
+    assert mask_text("error: " + "1" * 16) == "error: ************1111"
     assert masked(event=f"rejected {RESIDENT_ID}")["event"] == "rejected 110***********002X"
     assert masked(reasons=[f"account {ACCOUNT} closed"])["reasons"] == [
         "account ***************0123 closed"
@@ -172,3 +177,26 @@ def test_operational_identifiers_stay_whole_while_personal_numbers_are_masked() 
     assert shown["terminals"] == [{"serial": "LKL20261123000001", "tid": "T1234567"}]
     assert shown["shipment"]["tracking_number"] == "SF1234567890123"
     assert ACCOUNT not in str(shown) and shown["settlement_account_number"].endswith("0123")
+
+
+def test_identifiers_are_never_touched_whatever_digits_they_hold() -> None:
+    """Masked by field, not by pattern: an 18-digit application id, a case id with a long digit
+    run, the MID and the tracking number in the timeline all come back whole, while the
+    personal fields beside them are masked."""
+    status = {
+        "application_id": "202612011234563988",
+        "workflow_id": "pos-application-202612011234563988",
+        "review": {"case_id": "rc-421fdb9f1234567890123456c199", "rounds": []},
+        "installation": {"appointment_id": "ap-20261201123456789012"},
+        "timeline": [
+            {"kind": "terminals_registered", "detail": "898662862827037"},
+            {"kind": "shipped", "detail": "SF Express SF1234567890123"},
+        ],
+        "contact": {"mobile": "13812345678"},
+        "documents": [{"kind": "identity_card", "file_id": "f-1", "number": RESIDENT_ID}],
+    }
+    shown = masked(**status)
+    for key in ("application_id", "workflow_id", "review", "installation", "timeline"):
+        assert shown[key] == status[key], key
+    assert shown["contact"] == {"mobile": "*******5678"}
+    assert shown["documents"][0]["number"] == "110***********002X"

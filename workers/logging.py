@@ -35,14 +35,30 @@ PERSONAL_KEYS = ("id_number", "account_number", "card_number", "mobile")
 # A document's `number` is an ID, licence or account number: masked only inside a document, so
 # counters and other innocent `number` fields stay readable.
 DOCUMENT_NUMBER_KEY = "number"
-# The acquirer's and the carrier's own identifiers: what operators look cases up by, not personal
-# data, so long digit runs under these keys are left whole (free text is still masked).
-OPERATIONAL_KEYS = frozenset({"mid", "tid", "serial", "tracking_number", "workflow_id"})
+# Identifiers (the application's, the services' references, the acquirer's and the carrier's):
+# what operators look cases up by, never personal data, so they are never touched, whatever
+# digits they hold. Any key ending in `_id` or `_ids` is one too.
+OPERATIONAL_KEYS = frozenset(
+    {
+        "mid",
+        "tid",
+        "tids",
+        "serial",
+        "serials",
+        "tracking_number",
+        "reference",
+        "payment_reference",
+        "path",
+    }
+)
 
-# 17 digits and a check character (digit or X): the shape of a resident identity card number.
-_RESIDENT_ID = re.compile(r"(?<!\d)(\d{3})\d{11}(\d{3}[0-9Xx])(?!\d)")
-# Bank accounts and card numbers: 12-30 digits in a row.
-_LONG_NUMBER = re.compile(r"(?<!\d)\d{8,26}(\d{4})(?!\d)")
+# In free text, a standalone run that looks like a personal number: a resident ID (17 digits
+# and a check character) or 16 digits and more (card and account numbers). Digits glued to
+# letters, hyphens or underscores are part of an identifier (`rc-421fdb9f…`, `SH-2026…`), and
+# shorter runs (a MID is 15 digits, a mobile 11) are left alone: a personal field is masked
+# because of its name, not its shape.
+_PERSONAL_IN_TEXT = re.compile(r"(?<![0-9A-Za-z_\-])(\d{17}[0-9Xx]|\d{16,30})(?![0-9A-Za-z_\-])")
+_RESIDENT_ID = re.compile(r"\d{17}[0-9Xx]")
 
 
 def mask_number(value: object) -> str:
@@ -57,9 +73,14 @@ def mask_number(value: object) -> str:
 
 
 def mask_text(text: str) -> str:
-    """Mask every resident-ID-like or long digit run inside free text (messages, errors)."""
-    text = _RESIDENT_ID.sub(lambda m: m.group(1) + "*" * 11 + m.group(2), text)
-    return _LONG_NUMBER.sub(lambda m: "*" * (len(m.group(0)) - 4) + m.group(1), text)
+    """Mask what looks like a personal number inside free text (messages, reasons, errors): a
+    safety net, since posflow's own messages never quote one."""
+    return _PERSONAL_IN_TEXT.sub(lambda m: mask_number(m.group(1)), text)
+
+
+def _is_identifier_key(key: str) -> bool:
+    key = key.lower()
+    return key in OPERATIONAL_KEYS or key.endswith(("_id", "_ids")) or key == "id"
 
 
 def _is_personal_key(key: str) -> bool:
@@ -84,7 +105,7 @@ def _mask(value: Any, *, in_document: bool = False) -> Any:
 def _mask_item(key: str, item: Any, in_document: bool) -> Any:
     if item is None or item == "":
         return item
-    if key.lower() in OPERATIONAL_KEYS and isinstance(item, str):
+    if _is_identifier_key(key):
         return item
     if _is_personal_key(key) or (in_document and key == DOCUMENT_NUMBER_KEY):
         return mask_number(item)
