@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check --no-input
 PRODUCT := schemas workflows activities workers cli services gateway
 
-.PHONY: test test-local up lint fmt compile clean bench
+.PHONY: test test-local test-faults up lint fmt compile clean bench
 
 test: compile lint
 	$(BIN)/mypy
@@ -14,6 +14,12 @@ test: compile lint
 # The workflow tests again on a real Temporal dev server (days become seconds: ~2 minutes).
 test-local: compile
 	$(BIN)/pytest tests/test_workflow.py --workflow-environment local
+
+# Crash and outage tests on real stacks, left out of `make test` (tests/test_faults.py, about 3
+# minutes): worker SIGKILLed in every stage, dev server restarted, a service down past its retries.
+# Figures in artifacts/faults.json.
+test-faults: compile
+	$(BIN)/pytest -m faults
 
 up: compile
 	$(BIN)/posflow up
