@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 import structlog
-from temporalio.client import WorkflowUpdateFailedError
+from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateStage
 from temporalio.service import RPCError
 
 from activities import catalog as act
@@ -306,14 +307,19 @@ async def test_site_survey_comes_before_the_decision(bench: Bench) -> None:
     assert status.review.risk_level is RiskLevel.HIGH
     case_id = status.review.case_id
     assert case_id is not None
+    # The review service decides only after the survey: a decision that overtakes the survey's
+    # result on the way waits for it, then counts.
     early = ReviewDecision(
         decision_id="early", case_id=case_id, round=1, outcome=ReviewOutcome.APPROVED, reviewer="r1"
     )
-    error = await refused(run.handle.execute_update(PosOnboarding.review_decision, early))
-    assert error.type == "OutOfStage" and "site_survey" in error.message
+    pending = await run.handle.start_update(
+        PosOnboarding.review_decision, early, wait_for_stage=WorkflowUpdateStage.ACCEPTED
+    )
+    assert (await run.status()).review.rounds[0].decision_id is None
     await run.survey(passed=True)
-    await run.decide(ReviewOutcome.APPROVED)
+    assert not (await pending.result()).duplicate
     status = await run.at(Stage.CONTRACT)
+    assert status.review.rounds[0].decision_id == "early"
     assert status.review.survey_passed is True
     assert bench.services.names()[:3] == [
         act.VALIDATE_DOCUMENTS,
@@ -327,7 +333,22 @@ async def test_failed_site_survey_rejects(bench: Bench) -> None:
     bench.services.risk = RiskLevel.HIGH
     run = await bench.start()
     await run.submit()
+    status = await run.at(Stage.SITE_SURVEY)
+    assert status.review.case_id is not None
+    crossing = await run.handle.start_update(
+        PosOnboarding.review_decision,
+        ReviewDecision(
+            decision_id="crossing",
+            case_id=status.review.case_id,
+            round=1,
+            outcome=ReviewOutcome.APPROVED,
+            reviewer="r1",
+        ),
+        wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+    )
     await run.survey(passed=False)
+    # The decision that was waiting for the survey is refused with the real reason.
+    assert (await refused(crossing.result())).type in ("OutOfStage", "ApplicationFinished")
     outcome = await run.outcome()
     assert outcome.stage is Stage.REJECTED and "site survey failed" in outcome.reason
     assert outcome.compensations == ["close_review_case"]
@@ -701,3 +722,37 @@ async def test_logs_are_bound_to_the_application_and_its_stage_and_silent_on_rep
     result = await build_replayer().replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None
     assert [line for line in json_logs() if line["event"] == "stage_entered"] == []
+
+
+async def test_an_overdue_activation_is_extended_and_completes(bench: Bench) -> None:
+    run = await bench.start()
+    await run.to(Stage.ACTIVATING)
+    await run.until(lambda s: all(t.activation_code_issued for t in s.terminals), "codes issued")
+    await bench.sleep(8)
+    status = await run.parked()
+    assert status.attention is not None and status.attention.extendable
+    # Only an overdue wait can be extended: a retry asks the device service again instead.
+    await run.admin("extend", period=timedelta(days=3))
+    status = await run.until(lambda s: s.attention is None, "extended")
+    assert status.deadlines.stage_deadline is not None
+    assert [e.kind for e in status.timeline][-2:] == ["attention_cleared", "deadline_extended"]
+    extended_to = status.deadlines.stage_deadline
+    assert extended_to - status.timeline[-1].at == timedelta(days=3)
+    await run.activate_all()
+    await run.at(Stage.TRAINING)
+
+
+async def test_an_extension_that_runs_out_flags_the_case_again(bench: Bench) -> None:
+    run = await bench.start()
+    await run.to(Stage.ACTIVATING)
+    await run.until(lambda s: all(t.activation_code_issued for t in s.terminals), "codes issued")
+    await bench.sleep(8)
+    await run.parked()
+    await run.admin("extend")  # the stage's own period from the policy: 7 days
+    await run.until(lambda s: s.attention is None, "extended")
+    await bench.sleep(8)
+    status = await run.parked()
+    assert status.attention is not None
+    assert "after the extension" in status.attention.reason
+    # A parked failing step cannot be extended.
+    assert (await refused(run.admin("skip"))).type == "NotSkippable"

@@ -136,6 +136,7 @@ class Case:
     training: TrainingCompleted | None = None
     attention: Attention | None = None
     admin_verb: str | None = None
+    extension: timedelta | None = None  # the period an admin's `extend` asked for
     cancel: CancelRequest | None = None
     closing: bool = False
     ending_reason: str = ""
@@ -422,7 +423,16 @@ class Case:
                 f"decision {decision.decision_id} is for review round {decision.round}; "
                 f"the application is in round {self.round}",
             )
-        # A high-risk case is decided after its site survey: a decision before it is refused.
+        if self.stage is Stage.SITE_SURVEY and decision.round == self.round:
+            # The review service decides a high-risk case only once its survey is done, so a
+            # decision now has crossed the survey's result on the way: it waits for it (and is
+            # refused if the survey fails).
+            if decision.case_id != self.current_case_id:
+                raise refuse(
+                    Refusal.UNKNOWN_REFERENCE,
+                    f"review case {decision.case_id} is not this application's",
+                )
+            return True
         self.expect_stage("a review decision", Stage.IN_REVIEW)
         if decision.round > self.round:
             raise refuse(
@@ -588,6 +598,11 @@ class Case:
             raise refuse(
                 Refusal.NOT_SKIPPABLE, f"step {self.attention.step} cannot be skipped safely"
             )
+        if verb == "extend" and not self.attention.extendable:
+            raise refuse(
+                Refusal.NOT_PARKED,
+                f"nothing to extend: {self.attention.kind.value} is not a wait past a deadline",
+            )
 
     def park(
         self,
@@ -597,6 +612,7 @@ class Case:
         *,
         retryable: bool,
         skippable: bool = False,
+        extendable: bool = False,
     ) -> None:
         self.attention = Attention(
             kind=kind,
@@ -605,6 +621,7 @@ class Case:
             since=workflow.now(),
             retryable=retryable,
             skippable=skippable,
+            extendable=extendable,
         )
         self.admin_verb = None
         self.event("needs_attention", f"{step}: {reason}", attention=kind.value, step=step)
