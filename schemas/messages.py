@@ -5,7 +5,7 @@ Each carries its own id, so a resend is acknowledged without being applied twice
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
@@ -107,11 +107,14 @@ class CancelRequest(Model):
 
 
 class AdminAction(Model):
-    """An admin's `retry` or `skip` of the step an application is parked on."""
+    """An admin's `retry`, `skip` or `extend` of the step an application is parked on."""
 
     request_id: MessageId = Field(min_length=1, max_length=80)
     admin: PersonName = Field(min_length=1, max_length=80)
     note: Note = Field(default="", max_length=500)
+    # `extend` only: the new period from now (ISO 8601, e.g. "P3D"); the stage's own period
+    # from the policy when absent.
+    period: timedelta | None = Field(default=None, gt=timedelta(0), le=timedelta(days=180))
 
 
 class Ack(Model):

@@ -71,6 +71,7 @@ class Attention(Model):
     since: datetime
     retryable: bool
     skippable: bool = False
+    extendable: bool = False  # an overdue wait on others: `extend` gives them another period
 
 
 class DocumentState(Model):

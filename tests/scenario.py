@@ -297,14 +297,19 @@ class Run:
             ),
         )
 
-    async def admin(self, verb: str, request_id: str = "") -> Ack:
-        update = PosOnboarding.retry if verb == "retry" else PosOnboarding.skip
+    async def admin(self, verb: str, request_id: str = "", period: timedelta | None = None) -> Ack:
+        update = {
+            "retry": PosOnboarding.retry,
+            "skip": PosOnboarding.skip,
+            "extend": PosOnboarding.extend_deadline,
+        }[verb]
         return await self.handle.execute_update(
             update,
             AdminAction(
                 request_id=request_id or f"adm-{uuid.uuid4().hex[:8]}",
                 admin="admin-1",
                 note="fixed upstream",
+                period=period,
             ),
         )
 

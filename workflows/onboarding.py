@@ -194,6 +194,7 @@ class PosOnboarding:
                     f"no review decision by {deadline.isoformat()}",
                     decided,
                     "review",
+                    self.policy.review_deadline,
                 )
         decision = case.decision
         assert decision is not None
@@ -244,6 +245,7 @@ class PosOnboarding:
                 f"no site survey result by {deadline.isoformat()}",
                 surveyed,
                 "review",
+                self.policy.site_survey_deadline,
             )
         assert case.survey is not None
         case.review.survey_passed = case.survey.passed
@@ -395,10 +397,13 @@ class PosOnboarding:
                     AttentionKind.DELIVERY_OVERDUE,
                     act.BOOK_INSTALLATION if on_site else act.CREATE_SHIPMENT,
                     f"not delivered by {due.isoformat()}",
+                    extendable=True,
                     resolved=arrived,
                 )
                 if verb == "retry":  # the carrier or technician was chased: another period
                     due = case.set_deadline(workflow.now() + allowed)
+                elif verb == "extend":
+                    due = self.extend(allowed)
             outcome = case.delivery
             assert outcome is not None
             if outcome.kind is not DeliveryOutcomeKind.FAILED:
@@ -575,6 +580,7 @@ class PosOnboarding:
                 f"terminals not all activated by {deadline.isoformat()}",
                 activated,
                 "device",
+                self.policy.activation_deadline,
             )
         for terminal in case.terminals.values():
             await self.prove_terminal(terminal)
@@ -658,6 +664,7 @@ class PosOnboarding:
                 f"training not completed by {deadline.isoformat()}",
                 trained,
                 "logistics",
+                self.policy.training_deadline,
             )
 
     # --- 8. go-live, or the end before it -------------------------------------------------------
@@ -770,13 +777,36 @@ class PosOnboarding:
         return await self.wait(done, deadline)
 
     async def wait_overdue(
-        self, kind: AttentionKind, step: str, reason: str, done: Callable[[], bool], service: str
+        self,
+        kind: AttentionKind,
+        step: str,
+        reason: str,
+        done: Callable[[], bool],
+        service: str,
+        period: timedelta,
     ) -> None:
         """Past a deadline on somebody else's action: flag it for operations and keep waiting.
-        An admin's `retry` asks the service again, in case its answer was lost on the way."""
-        while await self.park(kind, step, reason, resolved=done) == "retry":
+        An admin's `retry` asks the service again, in case its answer was lost on the way;
+        `extend` gives them another period (the stage's own, or the one the admin names)."""
+        while True:
+            verb = await self.park(kind, step, reason, extendable=True, resolved=done)
+            if verb == "resolved":
+                return
+            if verb == "extend":
+                due = self.extend(period)
+                if await self.wait(done, due):
+                    return
+                reason = f"still waiting after the extension to {due.isoformat()}"
             if await self.pulled(service, done):
                 return
+
+    def extend(self, period: timedelta) -> datetime:
+        """A new deadline for the stage, `period` from now unless the admin named another."""
+        case = self.case
+        due = case.set_deadline(workflow.now() + (case.extension or period))
+        case.extension = None
+        case.event("deadline_extended", due.isoformat(), deadline=due.isoformat())
+        return due
 
     # --- push, then pull ------------------------------------------------------------------------
 
@@ -836,11 +866,13 @@ class PosOnboarding:
         reason: str,
         *,
         skippable: bool = False,
+        extendable: bool = False,
         resolved: Callable[[], bool] | None = None,
     ) -> str:
-        """Park for an admin: returns "retry", "skip", or "resolved" when the awaited event came."""
+        """Park for an admin: returns "retry", "skip", "extend", or "resolved" when the awaited
+        event came."""
         case = self.case
-        case.park(kind, step, reason, retryable=True, skippable=skippable)
+        case.park(kind, step, reason, retryable=True, skippable=skippable, extendable=extendable)
         is_resolved = resolved or (lambda: False)
         await self.wait(lambda: case.admin_verb is not None or is_resolved(), None)
         verb = case.admin_verb or "resolved"
@@ -1203,6 +1235,15 @@ class PosOnboarding:
         if action.request_id not in self.case.acks:
             self.case.check_admin("skip", action)
 
+    @workflow.update
+    def extend_deadline(self, action: AdminAction) -> Ack:
+        return self._admin("extend", action)
+
+    @extend_deadline.validator
+    def _check_extend(self, action: AdminAction) -> None:
+        if action.request_id not in self.case.acks:
+            self.case.check_admin("extend", action)
+
     def _admin(self, verb: str, action: AdminAction) -> Ack:
         case = self.case
         if (ack := case.duplicate(action.request_id)) is not None:
@@ -1210,6 +1251,8 @@ class PosOnboarding:
         assert case.attention is not None
         step = case.attention.step
         case.admin_verb = verb
+        if verb == "extend":
+            case.extension = action.period
         case.event(f"admin_{verb}", step, admin=action.admin, note=action.note)
         return case.acknowledge(action.request_id, f"{verb} {step}")
 
