@@ -28,7 +28,7 @@ from services.base import (
     enqueue_callback,
     idempotent,
 )
-from services.signing import SignatureError, sign, verify
+from services.signing import Signature, SignatureError, check, parse, sign, verify
 from tests.servers import serving
 
 
@@ -46,6 +46,33 @@ def test_a_signature_verifies_only_for_its_body_secret_and_time() -> None:
     for malformed in (None, "", "v1=abc", "t=notanumber,v1=abc"):
         with pytest.raises(SignatureError):
             verify(body, malformed, "s3cret", now)
+
+
+def test_a_signature_header_is_parsed_strictly_and_keyed_on_its_pair() -> None:
+    body, now = b'{"a": 1}', int(time.time())
+    header = sign(body, "s3cret", now)
+    t, v1 = header.split(",")
+    signature = check(body, header, "s3cret", now)
+    # The same pair in the other order is the same signature: a replay check sees it as one.
+    assert check(body, f"{v1},{t}", "s3cret", now).key == signature.key == header
+    for malformed in (
+        f"{header},x=1",  # anything else
+        f"{header},t={now}",  # a second t
+        f"{t},{v1},{v1}",  # a second v1
+        f"{t},{v1.upper().replace('V1', 'v1')}",  # uppercase hex
+        f"{t}, {v1}",  # spaces
+        f"t=+{now},{v1}",  # a sign
+        f"t={now}é,{v1}",  # not ASCII
+        f"{t},{v1}\x00",
+        "t=1,v1=" + "a" * 63,
+        t,
+        "=",
+        ",",
+        "x" * 10_000,
+    ):
+        with pytest.raises(SignatureError):
+            parse(malformed)
+    assert parse(header) == Signature(now, v1.removeprefix("v1="))
 
 
 class Echo(BaseModel):
