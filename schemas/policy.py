@@ -1,8 +1,10 @@
 """The channel policy: every deadline, reminder, SLA and limit the workflow obeys.
 
 The workflow hard-codes no duration: each comes from the policy that starts with the
-application. Channels have defaults here; any field can be overridden per application, which is
-how a demo runs a month-long process in seconds.
+application. Channels have defaults here; the timings can be overridden per application (within
+`PolicyOverrides`' bounds), which is how a demo runs a month-long process in seconds. The
+business rules (which risk levels need a site survey, the deposit) are the channel's: an
+override may ask for more site surveys, never fewer, and cannot touch the deposit.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from schemas.application import Channel, Model
 
@@ -102,7 +105,83 @@ _CHANNEL_DEFAULTS: dict[Channel, dict[str, Any]] = {
 }
 
 
-def policy_for(channel: Channel, overrides: dict[str, Any] | None = None) -> Policy:
-    """The channel's default policy with per-application overrides applied (and validated)."""
-    fields: dict[str, Any] = {"channel": channel, **_CHANNEL_DEFAULTS[channel], **(overrides or {})}
-    return Policy.model_validate(fields)
+# --- what a caller may override, and within which bounds ------------------------------------------
+
+SECOND = timedelta(seconds=1)
+HOUR = timedelta(hours=1)
+YEAR = timedelta(days=365)
+MAX_REMINDERS = 20
+
+# A deadline, SLA or reminder offset: a second (tests and demos) to a year. A zero or negative
+# duration would fire at once; one past a year is a typo, and past about 10,000 years Temporal
+# cannot even schedule the timer (the workflow task would fail for ever).
+Deadline = Annotated[timedelta, Field(ge=SECOND, le=YEAR)]
+Reminders = Annotated[list[Deadline], Field(max_length=MAX_REMINDERS)]
+
+
+class PolicyOverrides(Model):
+    """The fields of a `Policy` one application may override (admins only, at the gateway), each
+    within bounds Temporal and the process can live with. Every field is optional; an unknown
+    field, the channel and the deposit are refused."""
+
+    document_deadline: Deadline | None = None
+    document_reminders: Reminders | None = None
+    review_sla: Deadline | None = None
+    review_deadline: Deadline | None = None
+    max_review_rounds: int | None = Field(default=None, ge=1, le=10)
+    # Only stricter than the channel's: the channel's levels must stay in the list.
+    site_survey_risk_levels: list[RiskLevel] | None = Field(default=None, max_length=3)
+    site_survey_deadline: Deadline | None = None
+    contract_deadline: Deadline | None = None
+    contract_reminders: Reminders | None = None
+    mail_delivery_deadline: Deadline | None = None
+    installation_deadline: Deadline | None = None
+    activation_deadline: Deadline | None = None
+    activation_reminders: Reminders | None = None
+    training_deadline: Deadline | None = None
+    training_reminders: Reminders | None = None
+    # One attempt of a step: a second to an hour. Retries: 10 ms to an hour apart, at most 100.
+    activity_timeout: Annotated[timedelta, Field(ge=SECOND, le=HOUR)] | None = None
+    activity_retry_interval: (
+        Annotated[timedelta, Field(ge=timedelta(milliseconds=10), le=HOUR)] | None
+    ) = None
+    activity_retry_max_interval: (
+        Annotated[timedelta, Field(ge=timedelta(milliseconds=10), le=HOUR)] | None
+    ) = None
+    activity_max_attempts: int | None = Field(default=None, ge=1, le=100)
+
+    def given(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True, exclude_none=True)
+
+
+def _refused(field: str, message: str) -> ValidationError:
+    error = PydanticCustomError("policy_rule", message.replace("{", "(").replace("}", ")"))
+    details: list[InitErrorDetails] = [{"type": error, "loc": (field,), "input": None}]
+    return ValidationError.from_exception_data("PolicyOverrides", details)
+
+
+def policy_for(
+    channel: Channel, overrides: dict[str, Any] | PolicyOverrides | None = None
+) -> Policy:
+    """The channel's default policy with per-application overrides applied, each checked against
+    `PolicyOverrides`' bounds and the channel's rules (ValidationError names the field)."""
+    given = (
+        overrides
+        if isinstance(overrides, PolicyOverrides)
+        else PolicyOverrides.model_validate(overrides or {})
+    ).given()
+    defaults: dict[str, Any] = {"channel": channel, **_CHANNEL_DEFAULTS[channel]}
+    channel_rule = Policy.model_validate(defaults)
+    levels = given.get("site_survey_risk_levels")
+    if levels is not None and not set(channel_rule.site_survey_risk_levels) <= set(levels):
+        kept = ", ".join(level.value for level in channel_rule.site_survey_risk_levels)
+        raise _refused(
+            "site_survey_risk_levels",
+            f"may add risk levels to the channel's ({kept}), never leave one out",
+        )
+    policy = Policy.model_validate({**defaults, **given})
+    if policy.activity_retry_max_interval < policy.activity_retry_interval:
+        raise _refused(
+            "activity_retry_max_interval", "must not be shorter than activity_retry_interval"
+        )
+    return policy
