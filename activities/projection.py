@@ -17,6 +17,7 @@ from temporalio.exceptions import ApplicationError
 from activities import catalog
 from schemas.status import Projection, ProjectionReceipt
 from services.signing import HEADER, sign
+from workers.config import signing_secret
 
 GATEWAY_DEFAULT_URL = "http://127.0.0.1:8000"
 PROJECTIONS_PATH = "/api/internal/projections"
@@ -27,7 +28,8 @@ def gateway_url() -> str:
 
 
 def worker_secret() -> str:
-    return os.environ.get("POSFLOW_WORKER_SECRET", "dev-secret")
+    """`POSFLOW_WORKER_SECRET`, else the credentials file `posflow up` generated."""
+    return signing_secret("worker")
 
 
 class ProjectionActivities:

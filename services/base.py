@@ -30,7 +30,7 @@ from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 from schemas.steps import ServiceEvent, ServiceEvents
 from services.signing import HEADER, sign
-from workers.config import state_dir
+from workers.config import DEV_SECRET, signing_secret, state_dir
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +48,7 @@ class ServiceConfig:
     delay: tuple[float, float] = (0.0, 0.0)  # seconds, uniformly drawn per request
     failure_rate: float = 0.0  # share of requests answered 503 before doing anything
     gateway_url: str = "http://127.0.0.1:8000"
-    callback_secret: str = "dev-secret"
+    callback_secret: str = DEV_SECRET  # from_env: POSFLOW_<NAME>_SECRET or the credentials file
     options: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -63,7 +63,7 @@ class ServiceConfig:
             "delay": (float(low) / 1000, float(high or low) / 1000),
             "failure_rate": float(env.get(prefix + "FAILURE_RATE", "0")),
             "gateway_url": env.get("POSFLOW_GATEWAY_URL", cls.gateway_url),
-            "callback_secret": env.get(prefix + "SECRET", cls.callback_secret),
+            "callback_secret": signing_secret(name),
         }
         return cls(**{**fields, **overrides})
 

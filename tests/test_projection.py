@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from activities.projection import worker_secret
 from gateway.store import ListFilter, Store
 from schemas.status import Attention, AttentionKind, Projection, Stage, StageVisit
+from workers.config import DEV_SECRET, CredentialsError, ensure_credentials, read_credentials
 
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
 
@@ -157,3 +159,24 @@ def test_a_store_from_before_the_projection_gets_its_new_columns(tmp_path: Path)
     rows, total = store.page(ListFilter(stage=Stage.IN_REVIEW))
     assert total == 1 and rows[0].version == 0 and rows[0].needs_attention is False
     assert store.apply(snapshot("OLD1", 1, [(DOCS, 0), (CONTRACT, 3)])) == (True, 1)
+
+
+def test_the_worker_signs_snapshots_with_its_secret_from_the_credentials_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POSFLOW_HOME", str(tmp_path))
+    monkeypatch.delenv("POSFLOW_CREDENTIALS_FILE", raising=False)
+    monkeypatch.delenv("POSFLOW_WORKER_SECRET", raising=False)
+    assert worker_secret() == DEV_SECRET  # accepted by a gateway on loopback only
+    assert ensure_credentials() is not None
+    assert ensure_credentials() is None  # complete already: left as it is
+    stored = read_credentials()
+    assert stored is not None and worker_secret() == stored.secrets["worker"]
+    assert len(worker_secret()) >= 32
+    monkeypatch.setenv("POSFLOW_WORKER_SECRET", "set-by-the-deployment")
+    assert worker_secret() == "set-by-the-deployment"
+    # A credentials file others may read is refused, never used.
+    (tmp_path / "credentials.json").chmod(0o640)
+    monkeypatch.delenv("POSFLOW_WORKER_SECRET")
+    with pytest.raises(CredentialsError, match="chmod 600"):
+        worker_secret()

@@ -30,6 +30,7 @@ from services.base import (
 )
 from services.signing import Signature, SignatureError, check, parse, sign, verify
 from tests.servers import serving
+from workers.config import DEV_SECRET, ensure_credentials, read_credentials
 
 
 def test_a_signature_verifies_only_for_its_body_secret_and_time() -> None:
@@ -73,6 +74,23 @@ def test_a_signature_header_is_parsed_strictly_and_keyed_on_its_pair() -> None:
         with pytest.raises(SignatureError):
             parse(malformed)
     assert parse(header) == Signature(now, v1.removeprefix("v1="))
+
+
+def test_a_service_signs_with_its_secret_from_the_environment_or_the_credentials_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POSFLOW_HOME", str(tmp_path))
+    monkeypatch.delenv("POSFLOW_CREDENTIALS_FILE", raising=False)
+    monkeypatch.delenv("POSFLOW_REVIEW_SECRET", raising=False)
+    assert ServiceConfig.from_env("review").callback_secret == DEV_SECRET  # nothing generated
+    written = ensure_credentials()
+    assert written == tmp_path / "credentials.json"
+    stored = read_credentials()
+    assert stored is not None
+    assert ServiceConfig.from_env("review").callback_secret == stored.secrets["review"]
+    assert stored.secrets["review"] != stored.secrets["contract"]
+    monkeypatch.setenv("POSFLOW_REVIEW_SECRET", "from-the-environment")
+    assert ServiceConfig.from_env("review").callback_secret == "from-the-environment"
 
 
 class Echo(BaseModel):
