@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 import typer
@@ -29,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from services.stack import GATEWAY_PORT
+from workers.config import CredentialsError, is_loopback, stored_credentials
 from workers.logging import masked
 
 apps_app = typer.Typer(
@@ -72,7 +73,8 @@ TokenOption = Annotated[
     typer.Option(
         "--token",
         envvar="POSFLOW_TOKEN",
-        help="Bearer token, needed when the gateway has POSFLOW_TOKENS (viewer role or above).",
+        help="Bearer token (viewer role or above); default: the viewer token in the credentials "
+        "file `posflow up` wrote, for a gateway on this machine.",
         show_default=False,
         show_envvar=True,
     ),
@@ -174,10 +176,24 @@ class Gateway:
             ) from None
 
 
+def stored_token(url: str, role: str) -> str | None:
+    """The `role` token `posflow up` wrote into its credentials file, for a gateway on this
+    machine (loopback) only, and only if this user may read the file."""
+    host = urlsplit(url).hostname or ""
+    if not is_loopback(host):
+        return None
+    try:
+        stored = stored_credentials()
+    except CredentialsError:
+        return None
+    return stored.tokens.get(role) if stored is not None else None
+
+
 @contextmanager
 def _gateway(url: str, token: str | None) -> Iterator[Gateway]:
-    """A client for the command; a `GatewayError` ends the command with its message."""
-    gateway = Gateway(url, token)
+    """A client for the command; a `GatewayError` ends the command with its message. Without
+    a token, the viewer token of `posflow up`'s credentials file is used."""
+    gateway = Gateway(url, token or stored_token(url, "viewer"))
     try:
         yield gateway
     except GatewayError as err:

@@ -4,11 +4,16 @@ The policy runs the month-long process in seconds; the sandbox services of `posf
 each case along. About one application in ten carries a bad identity card (it is refused with a
 422 and, never corrected, expires), one in seven is a high-risk jewellery shop (site survey
 first), and one in twenty a prohibited category (rejected).
+
+The demo starts applications as an admin (only an admin may override the policy) and plays the
+merchant with a merchant key: `POSFLOW_TOKEN` and `POSFLOW_MERCHANT_KEY`, else, for a gateway on
+this machine, the admin token and the merchant key `posflow up` wrote to its credentials file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,6 +22,7 @@ from typing import Any
 import httpx
 
 from cli.samples import Sample, sample
+from workers.config import ALL_CHANNELS, CredentialsError, is_loopback, stored_credentials
 
 DEMO_POLICY: dict[str, Any] = {
     "document_deadline": "PT20S",
@@ -46,6 +52,27 @@ class DemoResult:
     supplemented: int = 0
     unfinished: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class DemoCredentials:
+    admin: dict[str, str]  # headers of an admin: starts with a policy
+    merchant: dict[str, str]  # headers of the merchant: documents and status
+
+    @classmethod
+    def for_gateway(cls, gateway_url: str) -> DemoCredentials:
+        token = os.environ.get("POSFLOW_TOKEN")
+        key = os.environ.get("POSFLOW_MERCHANT_KEY")
+        if is_loopback(httpx.URL(gateway_url).host):
+            try:
+                stored = stored_credentials()
+            except CredentialsError:
+                stored = None
+            if stored is not None:
+                token = token or stored.tokens.get("admin")
+                key = key or stored.merchant_keys.get(ALL_CHANNELS)
+        admin = {"Authorization": f"Bearer {token}"} if token else {}
+        return cls(admin=admin, merchant={"X-Api-Key": key} if key else admin)
 
 
 def samples(count: int, seed: int) -> list[Sample]:
@@ -80,12 +107,16 @@ async def run_demo(gateway_url: str, count: int, seed: int, patience: float) -> 
     result = DemoResult()
     started = time.monotonic()
     batch = samples(count, seed)
-    async with httpx.AsyncClient(base_url=gateway_url, timeout=30) as http:
+    credentials = DemoCredentials.for_gateway(gateway_url)
+    async with (
+        httpx.AsyncClient(base_url=gateway_url, timeout=30, headers=credentials.admin) as admin,
+        httpx.AsyncClient(base_url=gateway_url, timeout=30, headers=credentials.merchant) as http,
+    ):
 
         async def submit(s: Sample) -> None:
             app = s.application
             body = {**app.model_dump(mode="json"), "policy": DEMO_POLICY}
-            response = await http.post("/api/applications", json=body)
+            response = await admin.post("/api/applications", json=body)
             response.raise_for_status()
             docs = {
                 "submission_id": f"{app.application_id}-docs",

@@ -23,7 +23,12 @@ from cli.keys import keys_app
 from services.stack import GATEWAY_PORT, PORTS, Served, serve, stop_all
 from services.stack import build as build_service
 from workers.codec import KeyRingError, ensure_key_ring, load_key_ring
-from workers.config import TemporalSettings
+from workers.config import (
+    ConfigurationError,
+    TemporalSettings,
+    credentials_file,
+    ensure_credentials,
+)
 from workers.dev_server import DEFAULT_PORT, DEFAULT_UI_PORT, DevServer, DevServerError
 from workers.logging import configure_logging
 
@@ -58,7 +63,7 @@ def _stop_on_signals() -> asyncio.Event:
 def _run(main: Coroutine[Any, Any, None]) -> None:
     try:
         asyncio.run(main)
-    except (DevServerError, KeyRingError) as error:
+    except (DevServerError, KeyRingError, ConfigurationError) as error:
         console.print(f"[bold red]error:[/] {error}", highlight=False)
         raise typer.Exit(1) from None
 
@@ -87,6 +92,7 @@ def _print_urls(
         )
         if item.name == "gateway":
             table.add_row("Dashboard", f"{item.url}/ui")
+            table.add_row("Sign in", _how_to_sign_in())
     table.add_row("Temporal gRPC", f"{server.address}  (namespace {server.namespace})")
     if server.ui_url:
         table.add_row("Temporal Web UI", server.ui_url)
@@ -98,6 +104,15 @@ def _print_urls(
     console.print(f"[bold green]{title}[/]")
     console.print(table)
     console.print("Press Ctrl-C to stop.")
+
+
+def _how_to_sign_in() -> str:
+    """Where the admin token is; never a token or a secret itself."""
+    if os.environ.get("POSFLOW_OPEN_GATEWAY", "").strip().lower() in ("1", "true", "yes"):
+        return "no sign-in: POSFLOW_OPEN_GATEWAY is set (everyone is admin)"
+    if os.environ.get("POSFLOW_TOKENS"):
+        return "with the admin token of POSFLOW_TOKENS"
+    return f'with the admin token: "tokens" → "admin" in {credentials_file()}'
 
 
 async def _register_search_attributes(server: DevServer) -> None:
@@ -124,6 +139,9 @@ async def _up(port: int, ui_port: int) -> None:
     if created is not None:
         console.print(f"Created the payload encryption key file {created} (keep it).")
     load_key_ring()  # a malformed ring stops here, before anything starts
+    written = ensure_credentials()  # ops tokens, a merchant key, every signer's secret
+    if written is not None:
+        console.print(f"Wrote the stack's tokens, merchant key and signing secrets to {written}.")
 
     stop = _stop_on_signals()
     # The Web UI decrypts payloads through the gateway's codec endpoint.
@@ -178,9 +196,10 @@ async def _serve_http_roles(
             for name, port in PORTS.items():
                 served.append(await serve(name, build_service(name).app, port))
         if gateway:
+            gateway_settings = GatewaySettings.from_env()  # refused before anything connects
             client = await connect(settings)
-            app = create_app(client, GatewaySettings.from_env())
-            served.append(await serve("gateway", app, GATEWAY_PORT))
+            app = create_app(client, gateway_settings)
+            served.append(await serve("gateway", app, GATEWAY_PORT, host=gateway_settings.host))
     except BaseException:
         await stop_all(served)
         raise

@@ -1,7 +1,7 @@
 """The gateway's Prometheus metrics: applications per stage, overdue and needing attention (read
 from the projection at each scrape), messages by source and outcome (the answer given: applied,
 duplicate, pending, refused, invalid, failed), what the pending ones became, snapshots applied,
-and the latency of every route."""
+requests refused before they reached a workflow, and the latency of every route."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
-from starlette.routing import Match
 
 from gateway.store import Store
 
@@ -72,6 +71,13 @@ class GatewayMetrics:
             ["result"],
             registry=self.registry,
         )
+        self.refusals = Counter(
+            "posflow_gateway_refusals",
+            "Requests refused before they reached a workflow (unauthenticated, forbidden, bad "
+            "or replayed signature, too large, invalid, unknown application), by reason",
+            ["reason"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "posflow_gateway_request_seconds",
             "HTTP request latency by route",
@@ -86,12 +92,20 @@ class GatewayMetrics:
     def message_settled(self, source: str, kind: str, outcome: str) -> None:
         self.settled.labels(source, kind, outcome).inc()
 
+    def refusal(self, reason: str) -> None:
+        self.refusals.labels(reason).inc()
+
     def projection_applied(self, applied: bool) -> None:
         self.projections.labels("applied" if applied else "stale").inc()
 
+    async def exposition(self) -> Response:
+        """The Prometheus text of this registry (what `GET /metrics` answers)."""
+        # Collecting reads the store: off the event loop, like every other store read.
+        body = await asyncio.to_thread(generate_latest, self.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
     def install(self, app: FastAPI) -> None:
-        """Time every request under its route's template (not its path: ids are unbounded) and
-        serve `GET /metrics`."""
+        """Time every request under its route's template (not its path: ids are unbounded)."""
 
         @app.middleware("http")
         async def _timed(
@@ -100,20 +114,12 @@ class GatewayMetrics:
             started = time.perf_counter()
             response = await call_next(request)
             self.latency.labels(
-                request.method, _route(app, request), f"{response.status_code // 100}xx"
+                request.method, _route(request), f"{response.status_code // 100}xx"
             ).observe(time.perf_counter() - started)
             return response
 
-        @app.get("/metrics", include_in_schema=False)
-        async def metrics() -> Response:
-            # Collecting reads the store: off the event loop, like every other store read.
-            body = await asyncio.to_thread(generate_latest, self.registry)
-            return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-
-def _route(app: FastAPI, request: Request) -> str:
-    for route in app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is Match.FULL:
-            return str(getattr(route, "path", "other"))
-    return "unmatched"
+def _route(request: Request) -> str:
+    """The template of the route that answered (FastAPI leaves it in the scope), or `unmatched`."""
+    route = request.scope.get("route")
+    return str(getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched")

@@ -78,6 +78,9 @@ class ApplicationRecord(SQLModel, table=True):
     outcome_reason: str = ""
     version: int = 0  # of the last snapshot applied; 0: only the gateway's own start record
     application: str = ""  # the application as submitted, JSON, masked: the merchant file
+    # SHA-256 of the masked application and its policy as started: the same application id sent
+    # again with another body is refused, the same body is an idempotent repeat.
+    fingerprint: str = ""
     created_at: datetime = Field(default_factory=_now)
     updated_at: datetime = Field(default_factory=_now)
 
@@ -90,7 +93,7 @@ class ApplicationRecord(SQLModel, table=True):
 
     def summary(self, now: datetime) -> dict[str, Any]:
         """The row as the API lists it: times in UTC with their offset, and whether overdue."""
-        data = self.model_dump(mode="json", exclude={"application"})
+        data = self.model_dump(mode="json", exclude={"application", "fingerprint"})
         for name in (
             "stage_entered_at",
             "stage_deadline",
@@ -143,7 +146,8 @@ class MessageRecord(SQLModel, table=True):
 
 
 class SeenSignature(SQLModel, table=True):
-    """Signatures already accepted: the same signed callback replayed is refused."""
+    """Signatures already accepted, by `services.signing.Signature.key` (the (t, v1) pair, never
+    the header's text): the same signed callback replayed is refused."""
 
     __tablename__ = "gateway_signatures"
 
@@ -235,12 +239,16 @@ class Store:
     # --- the application file -------------------------------------------------------------------
 
     def record_application(self, record: ApplicationRecord) -> ApplicationRecord:
-        """Keep the application as submitted; a snapshot that arrived first is left as it is."""
+        """Keep the application as submitted; a snapshot that arrived first is left as it is.
+        Returns the record held, whose fingerprint says whether it was this application."""
         with self.session() as session:
             existing = session.get(ApplicationRecord, record.application_id)
             if existing is not None:
-                if not existing.application:
-                    existing.application = record.application
+                if not existing.application or not existing.fingerprint:
+                    # Created by a snapshot, or kept from before fingerprints: this start's body
+                    # is the one that counts from now on.
+                    existing.application = existing.application or record.application
+                    existing.fingerprint = record.fingerprint
                     session.add(existing)
                     session.commit()
                     session.refresh(existing)

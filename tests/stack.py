@@ -46,11 +46,16 @@ FAST_POLICY = {
     "activity_max_attempts": 30,
 }
 SERVICES = ("review", "contract", "device", "logistics")
+# The stack's credentials, as `posflow up` generates them: ops tokens, a merchant key for every
+# channel, and a signing secret per service and for the worker.
+TOKENS = {"viewer": "e2e-viewer-token", "operator": "e2e-operator-token", "admin": "e2e-admin"}
+MERCHANT_KEY = "e2e-merchant-key"
+SECRETS = {name: f"e2e-{name}-secret" for name in (*SERVICES, "worker")}
 
 
 @dataclass
 class Stack:
-    gateway: httpx.AsyncClient
+    gateway: httpx.AsyncClient  # as operations: the admin token
     services: dict[str, Service]
     served: dict[str, Served]
     ports: dict[str, int]
@@ -59,6 +64,7 @@ class Stack:
     worker_metrics: str  # the worker's Prometheus endpoint
 
     async def start(self, app: Application) -> None:
+        """Started by an admin: only an admin may override the policy."""
         body = {**app.model_dump(mode="json"), "policy": FAST_POLICY}
         response = await self.gateway.post("/api/applications", json=body)
         assert response.status_code == 201, response.text
@@ -66,10 +72,12 @@ class Stack:
     async def submit(
         self, app: Application, documents: list[dict[str, Any]] | None = None
     ) -> httpx.Response:
+        """The merchant files documents, with its key."""
         docs = documents or [d.model_dump(mode="json") for d in valid_documents(app)]
         return await self.gateway.post(
             f"/api/applications/{app.application_id}/documents",
             json={"submission_id": f"s-{uuid.uuid4().hex[:6]}", "documents": docs},
+            headers={"X-Api-Key": MERCHANT_KEY},
         )
 
     async def status(self, app: Application) -> dict[str, Any]:
@@ -144,6 +152,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     )
     os.environ["POSFLOW_HOME"] = str(home)
     os.environ["POSFLOW_GATEWAY_URL"] = gateway_url
+    os.environ["POSFLOW_WORKER_SECRET"] = SECRETS["worker"]  # the worker signs its snapshots
     server = DevServer(
         port=free_port(), ui_port=free_port(), headless=True, db_file=home / "temporal.db"
     )
@@ -169,16 +178,25 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
                 name=name,
                 database_url=f"sqlite:///{home / (name + '.db')}",
                 gateway_url=gateway_url,
+                callback_secret=SECRETS[name],
                 options=automation[name],
             )
         )
         served[name] = await serve(name, services[name].app, ports[name])
     client = await connect(settings)
     gateway_app = create_app(
-        client, GatewaySettings(database_url=f"sqlite:///{home / 'gateway.db'}", task_queue="e2e")
+        client,
+        GatewaySettings(
+            database_url=f"sqlite:///{home / 'gateway.db'}",
+            task_queue="e2e",
+            secrets=dict(SECRETS),
+            tokens={token: role for role, token in TOKENS.items()},
+            merchant_keys={MERCHANT_KEY: "all"},
+        ),
     )
     served["gateway"] = await serve("gateway", gateway_app, ports["gateway"])
-    async with httpx.AsyncClient(base_url=gateway_url, timeout=30) as http:
+    admin = {"Authorization": f"Bearer {TOKENS['admin']}"}
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=30, headers=admin) as http:
         yield Stack(
             http,
             services,

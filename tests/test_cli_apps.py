@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import stat
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from schemas.status import Attention, AttentionKind, Projection, Stage, StageVis
 from tests.factories import individual_application, valid_documents
 from tests.servers import free_port, serving
 from tests.standins import StandIns
+from workers.config import ensure_credentials, read_credentials
 from workers.temporal import build_worker
 
 VIEWER, ADMIN = "viewer-token-1", "admin-token-1"
@@ -127,6 +129,7 @@ class Gateway:
     task_queue: str
     applications: list[Projection]  # what the store holds
     now: datetime  # when they were made
+    home: Path  # the CLI's POSFLOW_HOME: no credentials file unless a test writes one
 
     async def cli(self, *args: str, **env: str) -> Result:
         """`posflow apps ARGS` against this gateway, in a wide terminal, without a token unless
@@ -135,6 +138,8 @@ class Gateway:
             "COLUMNS": "200",
             "POSFLOW_GATEWAY_URL": self.url,
             "POSFLOW_TOKEN": None,
+            "POSFLOW_HOME": str(self.home),
+            "POSFLOW_CREDENTIALS_FILE": None,
             **env,
         }
         runner = CliRunner()
@@ -151,6 +156,7 @@ async def running_gateway(
         database_url=f"sqlite:///{tmp_path / f'gateway-{queue}.db'}",
         task_queue=queue,
         tokens=tokens or {},
+        open=tokens is None,  # without tokens: the open gateway of POSFLOW_OPEN_GATEWAY=1
     )
     gateway_app = create_app(env.client, settings)
     store: Store = gateway_app.state.store
@@ -160,7 +166,9 @@ async def running_gateway(
     for application in held:
         assert store.apply(application) == (True, 1)
     async with serving(gateway_app) as url:
-        yield Gateway(url, store, env, queue, held, now)
+        home = tmp_path / f"home-{queue}"
+        home.mkdir()
+        yield Gateway(url, store, env, queue, held, now, home)
 
 
 @pytest.fixture
@@ -432,3 +440,25 @@ async def test_a_gateway_with_tokens_wants_one(env: WorkflowEnvironment, tmp_pat
         assert json.loads(by_option.stdout)["total"] == 5
         watched = await gateway.cli("watch", "--iterations", "1", POSFLOW_TOKEN=VIEWER)
         assert watched.exit_code == 0 and count_of(watched.output, "in_review") == 2
+
+
+async def test_without_a_token_the_cli_reads_the_viewer_token_posflow_up_wrote(
+    env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    async with running_gateway(env, tmp_path, {VIEWER: "viewer", ADMIN: "admin"}) as gateway:
+        path = ensure_credentials(gateway.home / "credentials.json")
+        assert path is not None and stat.S_IMODE(path.stat().st_mode) == 0o600
+        stored = read_credentials(path)
+        assert stored is not None
+        # This gateway knows other tokens: the file's viewer token is sent, and refused.
+        refused = await gateway.cli("list")
+        assert refused.exit_code == 1 and "HTTP 401" in refused.stderr
+        path.write_text(
+            replace(stored, tokens={**stored.tokens, "viewer": VIEWER}).to_json(), "utf-8"
+        )
+        listed = await gateway.cli("list", "--overdue")
+        assert listed.exit_code == 0, listed.output
+        assert shown(listed.output) == ["A-LATE-DOCS"]
+        # A file others may read is not used.
+        path.chmod(0o644)
+        assert (await gateway.cli("list")).exit_code == 1

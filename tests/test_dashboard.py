@@ -3,7 +3,8 @@ its numbers are checked against Temporal's visibility, an independent count of t
 workflows, and each page is kept as a screenshot under `artifacts/screenshots/`.
 
 With `POSFLOW_DASHBOARD_URL` (and `TEMPORAL_ADDRESS`) set, the same checks run against a stack
-already running, e.g. `make up` after `posflow demo --count 200`, instead of the test's own.
+already running, e.g. `make up` after `posflow demo --count 200`, instead of the test's own,
+signed in with `POSFLOW_TOKEN` or the viewer token of the credentials file `posflow up` wrote.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,10 +23,13 @@ from playwright.async_api import Browser, Dialog, Page, async_playwright
 from temporalio.client import Client
 
 from gateway.app import GatewaySettings, create_app
+from gateway.auth import COOKIE
 from schemas.application import Application
 from schemas.status import Stage
 from tests.servers import serving
+from tests.stack import TOKENS as STACK_TOKENS
 from tests.stack import Stack, new_application
+from workers.config import read_credentials
 from workers.temporal import DATA_CONVERTER
 
 SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
@@ -67,6 +72,27 @@ class Target:
     live: list[str]  # applications known to have gone live, with their MIDs in `mids`
     mids: dict[str, str]
     waiting: list[Application]  # in flight, waiting for documents
+    token: str  # a viewer's: the dashboard and the API want one
+
+    def http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}
+        )
+
+    async def page(self, browser: Browser, **options: Any) -> Page:
+        """A page of a browser signed in to the dashboard (its own context: its own cookie)."""
+        context = await browser.new_context(**options)
+        await context.add_cookies([{"name": COOKIE, "value": self.token, "url": self.url}])
+        return await context.new_page()
+
+
+def running_stack_token() -> str:
+    token = os.environ.get("POSFLOW_TOKEN")
+    if token:
+        return token
+    stored = read_credentials()
+    assert stored is not None, "set POSFLOW_TOKEN or run from the directory of `posflow up`"
+    return stored.tokens["viewer"]
 
 
 @pytest.fixture(scope="session")
@@ -86,9 +112,11 @@ async def target(own_stack: Stack | None) -> AsyncIterator[Target]:
         client = await Client.connect(
             os.environ.get("TEMPORAL_ADDRESS", "127.0.0.1:7233"), data_converter=DATA_CONVERTER
         )
-        async with httpx.AsyncClient(base_url=existing) as http:
+        token = running_stack_token()
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(base_url=existing, headers=headers) as http:
             rows = (await http.get("/api/applications", params={"stage": "live"})).json()
-        yield Target(existing, client, [r["application_id"] for r in rows[:1]], {}, [])
+        yield Target(existing, client, [r["application_id"] for r in rows[:1]], {}, [], token)
         return
     stack = own_stack
     live = [new_application() for _ in range(2)]
@@ -102,6 +130,7 @@ async def target(own_stack: Stack | None) -> AsyncIterator[Target]:
         [a.application_id for a in live],
         dict(zip([a.application_id for a in live], mids, strict=True)),
         waiting,
+        STACK_TOKENS["viewer"],
     )
 
 
@@ -116,8 +145,8 @@ async def visibility_counts(client: Client) -> dict[str, int]:
     return counts
 
 
-async def projection_counts(url: str) -> dict[str, int]:
-    async with httpx.AsyncClient(base_url=url) as http:
+async def projection_counts(target: Target) -> dict[str, int]:
+    async with target.http() as http:
         overview = (await http.get("/api/overview", params={"days": 366})).json()
     return {**overview["in_flight"], **overview["outcomes"]}
 
@@ -126,10 +155,7 @@ async def settled_counts(target: Target) -> dict[str, int]:
     """The counts once the projection and visibility agree (both follow the workflows, each a
     moment behind); they must come to agree, or the two have drifted."""
     for _ in range(100):
-        seen, projected = (
-            await visibility_counts(target.client),
-            await projection_counts(target.url),
-        )
+        seen, projected = (await visibility_counts(target.client), await projection_counts(target))
         if all(projected.get(stage, 0) == n for stage, n in seen.items()):
             return seen
         await asyncio.sleep(0.2)
@@ -149,7 +175,7 @@ def number(text: str) -> int:
 
 async def test_overview_shows_what_temporal_counts(browser: Browser, target: Target) -> None:
     counts = await settled_counts(target)
-    page = await browser.new_page(viewport={"width": 1440, "height": 900})
+    page = await target.page(browser, viewport={"width": 1440, "height": 900})
     await page.goto(f"{target.url}/ui?days=90")
     in_flight = sum(counts[s] for s in IN_FLIGHT)
     assert number(await page.get_by_test_id("in-flight").inner_text()) == in_flight
@@ -164,7 +190,7 @@ async def test_overview_shows_what_temporal_counts(browser: Browser, target: Tar
     assert await page.get_by_test_id("funnel").locator(".frow").count() == 10
     assert await page.get_by_test_id("time-in-stage").locator(".trow").count() >= 5
     await shot(page, "overview")
-    wall = await browser.new_page(viewport={"width": 2560, "height": 1440})
+    wall = await target.page(browser, viewport={"width": 2560, "height": 1440})
     await wall.goto(f"{target.url}/ui?days=90")
     await shot(wall, "overview-wall-screen")
     await page.close()
@@ -173,7 +199,7 @@ async def test_overview_shows_what_temporal_counts(browser: Browser, target: Tar
 
 async def test_filtered_list_and_search(browser: Browser, target: Target) -> None:
     counts = await settled_counts(target)
-    page = await browser.new_page(viewport={"width": 1440, "height": 900})
+    page = await target.page(browser, viewport={"width": 1440, "height": 900})
     await page.goto(f"{target.url}/ui/applications?stage=live&sort=started")
     result = await page.get_by_test_id("result-count").inner_text()
     assert re.search(rf"of {counts['live']}\b", result), result
@@ -190,7 +216,7 @@ async def test_filtered_list_and_search(browser: Browser, target: Target) -> Non
     await page.get_by_label("Overdue").select_option("false")
     await page.get_by_role("button", name="Apply").click()
     await page.wait_for_url(re.compile(r"stage=collecting_documents"))
-    async with httpx.AsyncClient(base_url=target.url) as http:
+    async with target.http() as http:
         expected = await http.get(
             "/api/applications", params={"stage": "collecting_documents", "overdue": "false"}
         )
@@ -212,9 +238,9 @@ async def test_filtered_list_and_search(browser: Browser, target: Target) -> Non
 
 async def test_application_page_shows_the_whole_case(browser: Browser, target: Target) -> None:
     app_id = target.live[0]
-    async with httpx.AsyncClient(base_url=target.url) as http:
+    async with target.http() as http:
         status = (await http.get(f"/api/applications/{app_id}")).json()
-    page = await browser.new_page(viewport={"width": 1440, "height": 900})
+    page = await target.page(browser, viewport={"width": 1440, "height": 900})
     await page.goto(f"{target.url}/ui/applications/{app_id}")
     assert (await page.get_by_test_id("stage").inner_text()).strip() == "live"
     summary = await page.get_by_test_id("summary").inner_text()
@@ -247,7 +273,7 @@ async def test_personal_numbers_never_reach_the_page(
         pytest.skip("needs the test's own applications")
     stack = own_stack
     app = target.waiting[0]
-    page = await browser.new_page()
+    page = await target.page(browser)
     await page.goto(f"{target.url}/ui/applications/{app.application_id}")
     await stack.submit(app)  # the documents hold the full identity and account numbers
     await page.reload()

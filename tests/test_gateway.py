@@ -29,6 +29,9 @@ from tests.standins import StandIns
 from workers.temporal import build_worker
 
 SECRET = "review-secret"
+ADMIN, VIEWER = "admin-token", "viewer-token"
+TOKENS = {ADMIN: "admin", "operator-token": "operator", VIEWER: "viewer"}
+MERCHANT_KEY = "merchant-key-all"
 
 
 @dataclass
@@ -42,7 +45,9 @@ class Api:
     ) -> httpx.Response:
         raw = json.dumps(body).encode()
         header = sign(raw, secret, timestamp or int(time.time()))
-        return await self.http.post(path, content=raw, headers={HEADER: header})
+        return await self.http.post(
+            path, content=raw, headers={HEADER: header, "Content-Type": "application/json"}
+        )
 
     async def until_stage(self, app_id: str, stage: str) -> dict[str, Any]:
         for _ in range(500):
@@ -60,6 +65,8 @@ async def api(env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Api]:
         database_url=f"sqlite:///{tmp_path / 'gateway.db'}",
         task_queue=queue,
         secrets={s: f"{s}-secret" for s in SIGNERS},
+        tokens=TOKENS,
+        merchant_keys={MERCHANT_KEY: "all"},
     )
     async with serving(create_app(env.client, settings)) as url:
         # Snapshots reach the list over HTTP from the real activity, as in production.
@@ -68,7 +75,10 @@ async def api(env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Api]:
         activities = [*services.activities(projection=False), projection.project_status]
         async with (
             build_worker(env.client, queue, activities),
-            httpx.AsyncClient(base_url=url, timeout=20) as http,
+            # As operations, with the admin token (merchant keys: tests/test_security.py).
+            httpx.AsyncClient(
+                base_url=url, timeout=20, headers={"Authorization": f"Bearer {ADMIN}"}
+            ) as http,
         ):
             yield Api(http, env, services)
         await projection.aclose()
@@ -158,9 +168,10 @@ async def test_review_callbacks_are_verified_applied_once_and_audited(api: Api) 
 
     raw = json.dumps(decision).encode()
     header = sign(raw, SECRET, int(time.time()))
-    applied = await api.http.post(path, content=raw, headers={HEADER: header})
+    as_json = {"Content-Type": "application/json"}
+    applied = await api.http.post(path, content=raw, headers={HEADER: header, **as_json})
     assert applied.status_code == 200 and applied.json()["outcome"] == "applied"
-    replayed = await api.http.post(path, content=raw, headers={HEADER: header})
+    replayed = await api.http.post(path, content=raw, headers={HEADER: header, **as_json})
     assert replayed.status_code == 401 and replayed.json()["error"] == "replayed_signature"
     resent = await api.signed(path, decision, timestamp=int(time.time()) + 1)
     assert resent.status_code == 200 and resent.json()["outcome"] == "duplicate"
@@ -290,7 +301,7 @@ async def test_metrics_count_stages_and_messages(api: Api) -> None:
     assert 'posflow_applications{stage="cancelled"} 1.0' in text
     assert "posflow_applications_overdue 0.0" in text
     assert (
-        'posflow_gateway_messages_total{kind="cancel",outcome="applied",source="merchant"}' in text
+        'posflow_gateway_messages_total{kind="cancel",outcome="applied",source="operator"}' in text
     )
     assert 'posflow_gateway_request_seconds_count{method="POST",route="/api/applications"' in text
 
@@ -331,7 +342,11 @@ async def test_documents_that_cannot_be_validated_now_get_503_and_a_resend_is_va
     ]
 
 
-def test_the_update_wait_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_update_wait_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("POSFLOW_HOME", str(tmp_path))
+    monkeypatch.setenv("POSFLOW_OPEN_GATEWAY", "1")
     monkeypatch.setenv("POSFLOW_GATEWAY_UPDATE_WAIT_SECONDS", "2.5")
     assert GatewaySettings.from_env().update_wait_seconds == 2.5
     monkeypatch.delenv("POSFLOW_GATEWAY_UPDATE_WAIT_SECONDS")

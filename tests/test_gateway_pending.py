@@ -34,11 +34,12 @@ from gateway.app import (
     answer,
     create_app,
 )
-from gateway.store import Store
+from gateway.store import ApplicationRecord, Store
 from schemas.messages import Ack, Refusal
 from tests.servers import serving
 
 WAIT = 0.5  # the gateway's update wait in these tests: short, so "pending" comes quickly
+VIEWER = "viewer-token"  # reads the messages endpoint
 
 
 class Ping(BaseModel):
@@ -110,6 +111,18 @@ class Bench:
 
     async def start(self, *, worker: bool = True) -> tuple[str, WorkflowHandle[Gate, list[str]]]:
         app_id = f"P{uuid.uuid4().hex[:10]}"
+        # Known to the gateway (as if started through it): its refusals are kept in its audit.
+        store: Store = self.app.state.store
+        store.record_application(
+            ApplicationRecord(
+                application_id=app_id,
+                workflow_id=f"gate-{app_id}",
+                channel="bank",
+                merchant_type="individual",
+                merchant_name="Gate",
+                stage="testing",
+            )
+        )
         queue = self.queue if worker else f"{self.queue}-nobody"
         handle = await self.env.client.start_workflow(
             Gate.run, id=f"gate-{app_id}", task_queue=queue
@@ -169,12 +182,15 @@ async def bench(env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Bench
         update_wait_seconds=WAIT,
         update_accept_seconds=1.0,
         retry_after_seconds=7,
+        tokens={VIEWER: "viewer"},
     )
     app = gate_app(env, settings)
     async with (
         serving(app) as url,
         Worker(env.client, task_queue=queue, workflows=[Gate]),
-        httpx.AsyncClient(base_url=url, timeout=20) as http,
+        httpx.AsyncClient(
+            base_url=url, timeout=20, headers={"Authorization": f"Bearer {VIEWER}"}
+        ) as http,
     ):
         yield Bench(http, env, app, queue)
 
