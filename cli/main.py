@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli.admin import admin_app
 from cli.apps import apps_app
 from cli.keys import keys_app
 from services.stack import GATEWAY_PORT, PORTS, Served, serve, stop_all
@@ -39,6 +40,7 @@ app = typer.Typer(
     # Locals in a traceback may hold an application with personal data.
     pretty_exceptions_show_locals=False,
 )
+app.add_typer(admin_app, name="admin")
 app.add_typer(apps_app, name="apps")
 app.add_typer(keys_app, name="keys")
 console = Console()

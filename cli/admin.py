@@ -1,0 +1,836 @@
+"""`posflow admin replay`: does the workflow code on disk reproduce the histories of workflows that
+ran under earlier code? The check an admin runs before deploying a workflow change.
+
+A history comes from the server (one workflow, or every workflow a visibility query selects) or
+from an exported JSON file, and is replayed with the SDK's `Replayer` built as the workers build
+it (`workers.temporal.build_replayer`: the same workflow, interceptors and payload codec). A
+history the code does not reproduce is reported with the event where they part and why: the
+event id the SDK's message names, or, when the message names only a command, the workflow task
+found by replaying ever shorter prefixes of the history; with the event's type, what it records
+and the stage the application was in (from the history's search-attribute upserts).
+
+Exit codes: 0 every history replays; 1 at least one does not; 2 nothing could be checked (no
+server, no such workflow, an unreadable file, no key ring, a query the server refuses).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from temporalio.api.enums.v1 import EventType
+from temporalio.service import RPCError, RPCStatusCode
+
+from schemas.application import application_id_of, workflow_id_for
+
+if TYPE_CHECKING:
+    from temporalio.api.history.v1 import HistoryEvent
+    from temporalio.client import Client, WorkflowHistory
+    from temporalio.runtime import Runtime
+    from temporalio.worker import Replayer
+
+admin_app = typer.Typer(
+    help="Administer the workflows themselves: replay histories against the code on disk.",
+    no_args_is_help=True,
+)
+console = Console(highlight=False, soft_wrap=True)
+progress_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@admin_app.callback()
+def admin() -> None:
+    """Administer the workflows themselves: replay histories against the code on disk."""
+
+
+# Histories fetched ahead of the one being replayed, when a query selects many.
+PREFETCH = 8
+# Failures whose SDK message names no event are located by replaying prefixes (a few replays
+# each); past this many, the rest are reported unlocated: they are almost always the same change.
+LOCATED_AT_MOST = 20
+# How many failures the human report lists in full.
+SHOWN_FAILURES = 20
+
+
+class CannotCheck(Exception):
+    """Nothing could be replayed: the reason is the message (exit code 2)."""
+
+
+# --- what one replay found ----------------------------------------------------------------------
+
+
+@dataclass
+class Divergence:
+    """Why a history does not replay, and where."""
+
+    kind: str  # nondeterminism | workflow_error | replay_error
+    why: str  # the SDK's message, without its wrapping
+    event_id: int | None = None
+    event_type: str | None = None  # e.g. ActivityTaskScheduled
+    event: str | None = None  # what the event records, e.g. "activity open_review_case"
+    stage: str | None = None  # PosStage as last upserted before the event
+    located_by: str | None = None  # "sdk message" | "prefix replay"
+    raised_at: str | None = None  # workflow_error: where the workflow code raised
+
+    def explanation(self) -> str:
+        if self.kind == "nondeterminism":
+            return (
+                "the code on disk issues different commands here than the ones the history "
+                "recorded: guard the change with workflow.patched(...)"
+            )
+        if self.kind == "workflow_error":
+            return (
+                "the workflow code failed while replaying: a bug, or an input, payload or "
+                "workflow type it does not know"
+            )
+        return "the replay could not run to the end"
+
+
+@dataclass
+class Replayed:
+    workflow_id: str
+    run_id: str
+    source: str  # "server" or the file replayed
+    events: int
+    divergence: Divergence | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.divergence is None
+
+
+@dataclass
+class Report:
+    results: list[Replayed] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # listed, but gone before it was fetched
+    seconds: float = 0.0
+
+    @property
+    def failures(self) -> list[Replayed]:
+        return [r for r in self.results if not r.ok]
+
+    @property
+    def per_second(self) -> float:
+        return len(self.results) / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "replayed": len(self.results),
+            "reproduced": len(self.results) - len(self.failures),
+            "failed": len(self.failures),
+            "skipped": self.skipped,
+            "seconds": round(self.seconds, 3),
+            "histories_per_second": round(self.per_second, 1),
+            "failures": [
+                {
+                    "workflow_id": r.workflow_id,
+                    "run_id": r.run_id,
+                    "source": r.source,
+                    "events": r.events,
+                    **asdict(r.divergence),
+                }
+                for r in self.failures
+                if r.divergence is not None
+            ],
+        }
+
+
+# --- reading the SDK's failure --------------------------------------------------------------------
+
+# The core reports a failed activation as the Debug rendering of its Failure proto.
+_MESSAGE = re.compile(r'\bmessage: "((?:[^"\\]|\\.)*)"')
+_STACK_TRACE = re.compile(r'\bstack_trace: "((?:[^"\\]|\\.)*)"')
+_EVENT = re.compile(r"HistoryEvent\(id: (\d+), (\w+)")
+_NONDETERMINISM = re.compile(r"^\[(TMPRL\d+)\] Nondeterminism error: ")
+_EVICTION = re.compile(r"^(\d+): ")
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+_ESCAPE = re.compile(r"\\(u\{[0-9a-fA-F]+\}|.)")
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0"}
+# "Activity type of scheduled event 'x' does not match activity type of activity command 'y'"
+_SCHEDULED = re.compile(r"(\w[\w ]*?) of scheduled event '([^']*)' does not match")
+# "Non-deprecated patch marker encountered for change x, but there is no corresponding ..."
+_PATCH = re.compile(r"patch marker encountered for change (\S+?),")
+
+
+def _unescape(text: str) -> str:
+    def one(match: re.Match[str]) -> str:
+        escaped = match.group(1)
+        if escaped.startswith("u{"):
+            return chr(int(escaped[2:-1], 16))
+        return _ESCAPES.get(escaped, escaped)
+
+    return _ESCAPE.sub(one, text)
+
+
+def _eviction_reason(number: int) -> str:
+    from temporalio.bridge.proto.workflow_activation import RemoveFromCache
+
+    try:
+        return RemoveFromCache.EvictionReason.Name(number)  # type: ignore[arg-type]
+    except ValueError:
+        return str(number)
+
+
+def _raised_at(stack_trace: str) -> str | None:
+    """The innermost frame of the project's own code in a workflow error's stack trace."""
+    frames = [f for f in _FRAME.findall(stack_trace) if "site-packages" not in f[0]]
+    if not frames:
+        return None
+    path, line, function = frames[-1]
+    with contextlib.suppress(ValueError):
+        path = str(Path(path).relative_to(Path.cwd()))
+    return f"{path}:{line} in {function}"
+
+
+def divergence_of(failure: Exception) -> Divergence:
+    """The kind and the plain message of a replay failure, and the event its message names."""
+    from temporalio.workflow import NondeterminismError
+
+    text = str(failure)
+    found = _MESSAGE.search(text)
+    why = _unescape(found.group(1)) if found else text
+    if isinstance(failure, NondeterminismError):
+        divergence = Divergence("nondeterminism", _NONDETERMINISM.sub("", why))
+    else:
+        eviction = _EVICTION.match(text)
+        reason = _eviction_reason(int(eviction.group(1))) if eviction else None
+        if reason == "LANG_FAIL":
+            divergence = Divergence("workflow_error", why)
+            trace = _STACK_TRACE.search(text)
+            if trace:
+                divergence.raised_at = _raised_at(_unescape(trace.group(1)))
+        else:
+            divergence = Divergence("replay_error", f"{reason}: {why}" if reason else why)
+    named = _EVENT.search(why)
+    if named:
+        divergence.event_id = int(named.group(1))
+        divergence.located_by = "sdk message"
+    return divergence
+
+
+# --- reading the history ------------------------------------------------------------------------
+
+_COMMAND_EVENTS = {
+    EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED,
+    EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED,
+    EventType.EVENT_TYPE_TIMER_STARTED,
+    EventType.EVENT_TYPE_TIMER_CANCELED,
+    EventType.EVENT_TYPE_MARKER_RECORDED,
+    EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES,
+    EventType.EVENT_TYPE_WORKFLOW_PROPERTIES_MODIFIED,
+    EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED,
+    EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED,
+    EventType.EVENT_TYPE_REQUEST_CANCEL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED,
+    EventType.EVENT_TYPE_NEXUS_OPERATION_SCHEDULED,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
+}
+_TASK_EVENTS = {
+    EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT,
+}
+
+
+def event_type_name(event: HistoryEvent) -> str:
+    """`ActivityTaskScheduled`, as the SDK's messages name event types."""
+    name = EventType.Name(event.event_type).removeprefix("EVENT_TYPE_")
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+def _seconds(duration: Any) -> str:
+    return str(timedelta(seconds=duration.seconds, microseconds=duration.nanos // 1000))
+
+
+def describe(event: HistoryEvent) -> str | None:
+    """What an event records, in words an admin recognises; never a payload's content."""
+    if event.HasField("activity_task_scheduled_event_attributes"):
+        return f"activity {event.activity_task_scheduled_event_attributes.activity_type.name}"
+    if event.HasField("timer_started_event_attributes"):
+        return f"timer {_seconds(event.timer_started_event_attributes.start_to_fire_timeout)}"
+    if event.HasField("marker_recorded_event_attributes"):
+        marker = event.marker_recorded_event_attributes
+        patch = marker.details.get("patch-data")
+        if patch is not None and patch.payloads:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                return f"patch marker {json.loads(patch.payloads[0].data)['id']!r}"
+        return f"marker {marker.marker_name}"
+    if event.HasField("upsert_workflow_search_attributes_event_attributes"):
+        fields = event.upsert_workflow_search_attributes_event_attributes.search_attributes
+        return "search attributes " + ", ".join(sorted(fields.indexed_fields))
+    if event.HasField("workflow_execution_signaled_event_attributes"):
+        return f"signal {event.workflow_execution_signaled_event_attributes.signal_name}"
+    if event.HasField("workflow_execution_update_accepted_event_attributes"):
+        request = event.workflow_execution_update_accepted_event_attributes.accepted_request
+        return f"update {request.input.name}"
+    if event.HasField("activity_task_completed_event_attributes"):
+        scheduled = event.activity_task_completed_event_attributes.scheduled_event_id
+        return f"result of the activity scheduled at event {scheduled}"
+    if event.HasField("activity_task_failed_event_attributes"):
+        scheduled = event.activity_task_failed_event_attributes.scheduled_event_id
+        return f"failure of the activity scheduled at event {scheduled}"
+    if event.HasField("timer_fired_event_attributes"):
+        return f"timer started at event {event.timer_fired_event_attributes.started_event_id}"
+    if event.HasField("start_child_workflow_execution_initiated_event_attributes"):
+        child = event.start_child_workflow_execution_initiated_event_attributes
+        return f"child workflow {child.workflow_type.name}"
+    return None
+
+
+def stage_at(history: WorkflowHistory, event_id: int) -> str | None:
+    """The application's stage (PosStage) as last set at or before `event_id`."""
+    from temporalio.converter import decode_typed_search_attributes
+
+    from workflows import search_attributes as sa
+
+    stage: str | None = None
+    for event in history.events:
+        if event.event_id > event_id:
+            break
+        if event.HasField("workflow_execution_started_event_attributes"):
+            fields = event.workflow_execution_started_event_attributes.search_attributes
+        elif event.HasField("upsert_workflow_search_attributes_event_attributes"):
+            fields = event.upsert_workflow_search_attributes_event_attributes.search_attributes
+        else:
+            continue
+        with contextlib.suppress(Exception):  # an attribute of another shape: not ours
+            stage = decode_typed_search_attributes(fields).get(sa.STAGE) or stage
+    return stage
+
+
+def _event(history: WorkflowHistory, event_id: int) -> HistoryEvent | None:
+    return next((e for e in history.events if e.event_id == event_id), None)
+
+
+def _pinpoint(divergence: Divergence, step: Sequence[HistoryEvent]) -> HistoryEvent | None:
+    """The event of `step` (the events one failing workflow task replays) that the failure is
+    about: for a command the code issued differently, the recorded command it names, else the
+    first one; for an error, the first event the task handed to the workflow code."""
+    if divergence.kind == "nondeterminism":
+        commands = [e for e in step if e.event_type in _COMMAND_EVENTS]
+        patch = _PATCH.search(divergence.why)
+        if patch:
+            for event in commands:
+                if describe(event) == f"patch marker {patch.group(1)!r}":
+                    return event
+        named = _SCHEDULED.search(divergence.why)
+        if named:
+            what, value = named.group(1).lower(), named.group(2)
+            for event in commands:
+                if event.HasField("activity_task_scheduled_event_attributes"):
+                    scheduled = event.activity_task_scheduled_event_attributes
+                    if value in (scheduled.activity_type.name, scheduled.activity_id) and (
+                        "activity" in what
+                    ):
+                        return event
+                if event.HasField("start_child_workflow_execution_initiated_event_attributes"):
+                    child = event.start_child_workflow_execution_initiated_event_attributes
+                    if value in (child.workflow_type.name, child.workflow_id):
+                        return event
+        return commands[0] if commands else None
+    handed = [
+        e
+        for e in step
+        if e.event_type not in _TASK_EVENTS
+        and e.event_type not in _COMMAND_EVENTS
+        and e.event_type != EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+    ]
+    return handed[0] if handed else (step[-1] if step else None)
+
+
+class _PrefixReplayer:
+    """Replays prefixes of histories, one at a time, through one replayer."""
+
+    def __init__(self, replayer: Replayer) -> None:
+        self._replayer = replayer
+        self._queue: asyncio.Queue[WorkflowHistory | None] = asyncio.Queue()
+        self._stack = contextlib.AsyncExitStack()
+        self._results: AsyncIterator[Any] | None = None
+
+    async def __aenter__(self) -> _PrefixReplayer:
+        async def feed() -> AsyncIterator[WorkflowHistory]:
+            while (history := await self._queue.get()) is not None:
+                yield history
+
+        self._results = await self._stack.enter_async_context(
+            self._replayer.workflow_replay_iterator(feed())
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._queue.put(None)
+        if self._results is not None:
+            async for _ in self._results:
+                pass
+        await self._stack.aclose()
+
+    async def fails(self, history: WorkflowHistory, events: int) -> bool:
+        from temporalio.client import WorkflowHistory
+
+        assert self._results is not None
+        await self._queue.put(WorkflowHistory(history.workflow_id, history.events[:events]))
+        result = await anext(self._results)
+        return result.replay_failure is not None
+
+
+async def _failing_step(
+    prefixes: _PrefixReplayer, history: WorkflowHistory, kind: str
+) -> Sequence[HistoryEvent]:
+    """The events of the workflow task the failure is in, found by replaying prefixes of the
+    history cut where a workflow task starts: the shortest that fails ends with the commands the
+    code issues differently (nondeterminism). An error raised by the workflow code shows one task
+    later (the last task of a prefix is run, not checked), so it is in the task before those.
+    """
+    events = history.events
+    cuts = [
+        i + 1
+        for i, e in enumerate(events)
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED
+    ]
+    if not cuts or cuts[-1] != len(events):
+        cuts.append(len(events))
+    low, high = 0, len(cuts) - 1  # the whole history fails
+    while low < high:
+        middle = (low + high) // 2
+        if await prefixes.fails(history, cuts[middle]):
+            high = middle
+        else:
+            low = middle + 1
+    if kind != "nondeterminism":
+        low = max(low - 1, 0)
+    return events[cuts[low - 1] if low else 0 : cuts[low]]
+
+
+async def locate(results: Sequence[Replayed], histories: dict[int, WorkflowHistory]) -> None:
+    """Fill in the event, its stage and what it records for every failure; find by prefix replay
+    the event of a failure whose message names none (at most `LOCATED_AT_MOST` of them)."""
+    unlocated = [r for r in results if r.divergence is not None and r.divergence.event_id is None][
+        :LOCATED_AT_MOST
+    ]
+    if unlocated:
+        async with _PrefixReplayer(make_replayer()) as prefixes:
+            for result in unlocated:
+                assert result.divergence is not None
+                step = await _failing_step(prefixes, histories[id(result)], result.divergence.kind)
+                event = _pinpoint(result.divergence, step)
+                if event is not None:
+                    result.divergence.event_id = event.event_id
+                    result.divergence.located_by = "prefix replay"
+    for result in results:
+        divergence = result.divergence
+        if divergence is None or divergence.event_id is None:
+            continue
+        history = histories[id(result)]
+        event = _event(history, divergence.event_id)
+        if event is not None:
+            divergence.event_type = event_type_name(event)
+            divergence.event = describe(event)
+        divergence.stage = stage_at(history, divergence.event_id)
+
+
+# --- replaying ------------------------------------------------------------------------------------
+
+_quiet: Runtime | None = None
+
+
+def _quiet_runtime() -> Runtime:
+    """A runtime whose core does not print each failed workflow task: the report says it."""
+    global _quiet
+    if _quiet is None:
+        from temporalio.runtime import (
+            LogForwardingConfig,
+            LoggingConfig,
+            Runtime,
+            TelemetryConfig,
+            TelemetryFilter,
+        )
+
+        _quiet = Runtime(
+            telemetry=TelemetryConfig(
+                logging=LoggingConfig(
+                    filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"),
+                    forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+                )
+            )
+        )
+    return _quiet
+
+
+def make_replayer() -> Replayer:
+    """The workers' replayer (`workers.temporal.build_replayer`: workflow, interceptors, codec)."""
+    from temporalio.worker import Replayer
+
+    from workers.temporal import build_replayer
+
+    config = build_replayer().config()
+    config["runtime"] = _quiet_runtime()
+    return Replayer(**config)
+
+
+@contextlib.contextmanager
+def _sdk_warnings_silenced() -> Iterator[None]:
+    """The SDK logs each failed activation with its traceback; the report says it once."""
+    logger = logging.getLogger("temporalio")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@dataclass
+class Source:
+    """Histories to replay: an async iterator of (history, where it came from)."""
+
+    histories: AsyncIterator[tuple[WorkflowHistory, str]]
+    total: int | None = None
+    skipped: list[str] = field(default_factory=list)
+
+
+async def replay(source: Source, on_result: Callable[[Replayed], None] | None = None) -> Report:
+    """Replay every history of `source` against the code on disk, then locate the failures."""
+    report = Report(skipped=source.skipped)
+    histories: dict[int, WorkflowHistory] = {}
+    where: dict[int, str] = {}
+
+    async def pushed() -> AsyncIterator[WorkflowHistory]:
+        async for history, origin in source.histories:
+            where[id(history)] = origin
+            yield history
+
+    started = time.perf_counter()
+    with _sdk_warnings_silenced():
+        async with make_replayer().workflow_replay_iterator(pushed()) as results:
+            async for outcome in results:
+                history = outcome.history
+                replayed = Replayed(
+                    workflow_id=history.workflow_id,
+                    run_id=history.run_id,
+                    source=where.pop(id(history), "server"),
+                    events=len(history.events),
+                )
+                if outcome.replay_failure is not None:
+                    replayed.divergence = divergence_of(outcome.replay_failure)
+                    histories[id(replayed)] = history
+                report.results.append(replayed)
+                if on_result is not None:
+                    on_result(replayed)
+        report.seconds = time.perf_counter() - started
+        await locate(report.failures, histories)
+    return report
+
+
+# --- where histories come from -------------------------------------------------------------------
+
+
+def _history_files(paths: Sequence[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(path.rglob("*.json"))
+            if not found:
+                raise CannotCheck(f"{path}: no .json history in this directory")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise CannotCheck(f"{path}: no such file or directory")
+    return files
+
+
+def from_files(paths: Sequence[Path]) -> Source:
+    """Exported histories (`temporal workflow show --output json`, tests/golden/); a directory
+    stands for every .json under it."""
+    from temporalio.client import WorkflowHistory
+
+    files = _history_files(paths)
+
+    async def histories() -> AsyncIterator[tuple[WorkflowHistory, str]]:
+        for path in files:
+            try:
+                text = await asyncio.to_thread(path.read_text)
+                name = path.stem if application_id_of(path.stem) else workflow_id_for(path.stem)
+                history = WorkflowHistory.from_json(name, text)
+            except (OSError, ValueError, RuntimeError) as err:
+                raise CannotCheck(f"{path}: not a workflow history ({err})") from err
+            if not history.events or not history.events[0].HasField(
+                "workflow_execution_started_event_attributes"
+            ):
+                raise CannotCheck(f"{path}: not a workflow history (it does not start a workflow)")
+            yield history, str(path)
+
+    return Source(histories(), total=len(files))
+
+
+async def _client() -> Client:
+    from workers.config import TemporalSettings
+    from workers.temporal import connect
+
+    # An admin's one-off client: it must not take the worker's metrics port.
+    settings = replace(TemporalSettings.from_env(), metrics_address=None)
+    try:
+        return await connect(settings)
+    except RuntimeError as err:
+        raise CannotCheck(f"cannot reach Temporal at {settings.address}: {err}") from err
+
+
+def _refused(err: RPCError, what: str) -> CannotCheck:
+    return CannotCheck(f"{what}: {err.message or err.status.name}")
+
+
+async def from_workflow(workflow_id: str, run_id: str | None) -> Source:
+    client = await _client()
+    try:
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+    except RPCError as err:
+        if err.status is RPCStatusCode.NOT_FOUND:
+            raise CannotCheck(f"no workflow {workflow_id} in namespace {client.namespace}") from err
+        raise _refused(err, workflow_id) from err
+
+    async def histories() -> AsyncIterator[tuple[WorkflowHistory, str]]:
+        yield history, "server"
+
+    return Source(histories(), total=1)
+
+
+async def from_query(query: str, limit: int | None) -> Source:
+    """Every workflow `query` selects, its histories fetched `PREFETCH` ahead of the replay."""
+    client = await _client()
+    total: int | None = None
+    with contextlib.suppress(RPCError):  # a count is only for the progress bar
+        total = (await client.count_workflows(query)).count
+        if limit is not None:
+            total = min(total, limit)
+    skipped: list[str] = []
+    return Source(_fetched(client, query, limit, skipped), total=total, skipped=skipped)
+
+
+async def _fetched(
+    client: Client, query: str, limit: int | None, skipped: list[str]
+) -> AsyncIterator[tuple[WorkflowHistory, str]]:
+    async def fetch(workflow_id: str, run_id: str | None) -> WorkflowHistory | None:
+        try:
+            return await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        except RPCError as err:
+            if err.status is RPCStatusCode.NOT_FOUND:  # deleted since it was listed
+                skipped.append(workflow_id)
+                return None
+            raise _refused(err, workflow_id) from err
+
+    listing = client.list_workflows(query, limit=limit)
+    pending: deque[asyncio.Task[WorkflowHistory | None]] = deque()
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and len(pending) < PREFETCH:
+                try:
+                    execution = await anext(listing)
+                except StopAsyncIteration:
+                    exhausted = True
+                except RPCError as err:
+                    raise _refused(err, "the server refused the query") from err
+                else:
+                    pending.append(asyncio.create_task(fetch(execution.id, execution.run_id)))
+            if not pending:
+                return
+            history = await pending.popleft()
+            if history is not None:
+                yield history, "server"
+    finally:
+        for task in pending:
+            task.cancel()
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+def _fail(message: str) -> NoReturn:
+    progress_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+async def _replay_with_progress(sourced: Callable[[], Awaitable[Source]], show: bool) -> Report:
+    """Read the source, then replay it under a progress bar (on stderr, when `show`)."""
+    source = await sourced()
+    show = show and source.total != 1
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[rate]}"),
+        console=progress_console,
+        transient=True,
+        disable=not show,
+    ) as progress:
+        task = progress.add_task("replaying", total=source.total, rate="")
+        started = time.perf_counter()
+        failed = 0
+
+        def advance(result: Replayed) -> None:
+            nonlocal failed
+            failed += not result.ok
+            done = progress.tasks[task].completed + 1
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            label = f"replaying, [red]{failed} failed[/]" if failed else "replaying"
+            progress.update(task, advance=1, description=label, rate=f"{rate:.1f}/s")
+
+        return await replay(source, advance)
+
+
+def _print_failure(result: Replayed) -> None:
+    divergence = result.divergence
+    assert divergence is not None
+    where = "the history's end" if divergence.event_id is None else f"event {divergence.event_id}"
+    if divergence.event_type:
+        where += f" ({divergence.event_type}"
+        where += f": {divergence.event})" if divergence.event else ")"
+    origin = "" if result.source == "server" else f"  [dim]{result.source}[/]"
+    console.print(f"[bold red]✗[/] {result.workflow_id}  run {result.run_id}{origin}")
+    console.print(f"  does not replay at {where}")
+    if divergence.stage:
+        console.print(f"  stage then: {divergence.stage}")
+    console.print(f"  why: {divergence.why.splitlines()[0] if divergence.why else '?'}")
+    if divergence.raised_at:
+        console.print(f"  raised at: {divergence.raised_at}")
+    console.print(f"  [dim]{divergence.explanation()}[/]")
+
+
+def _print_report(report: Report) -> None:
+    if len(report.results) == 1 and not report.skipped:
+        result = report.results[0]
+        if result.ok:
+            console.print(
+                f"[green]✓[/] {result.workflow_id}  run {result.run_id}: the code on disk "
+                f"reproduces its history ({result.events} events)"
+            )
+        else:
+            _print_failure(result)
+        return
+    for result in report.failures[:SHOWN_FAILURES]:
+        _print_failure(result)
+    if len(report.failures) > SHOWN_FAILURES:
+        console.print(f"... and {len(report.failures) - SHOWN_FAILURES} more (--json lists all)")
+    for workflow_id in report.skipped:
+        console.print(f"[yellow]skipped[/] {workflow_id}: gone before its history was read")
+    failed = len(report.failures)
+    verdict = "[green]every history replays[/]" if not failed else f"[red]{failed} failed[/]"
+    console.print(
+        f"{len(report.results)} replayed, {verdict}, in {report.seconds:.2f} s "
+        f"({report.per_second:.1f} histories/s)"
+    )
+
+
+REPLAY_HELP = (
+    "Replay histories against the workflow code on disk: does it reproduce them?\n\n"
+    "Run it over what is in flight before deploying a workflow change. A history that does not "
+    "replay is shown with the event where the code and the history part, its type, the stage "
+    "the application was in, and the SDK's reason. Histories come from TEMPORAL_ADDRESS (one "
+    "workflow, or --query) or from --file.\n\n"
+    "Exit code 0: every history replays; 1: some do not; 2: nothing could be checked."
+)
+
+
+@admin_app.command("replay", help=REPLAY_HELP)
+def replay_command(
+    target: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="ID",
+            help="An application id, or a workflow id (pos-application-<id>).",
+            show_default=False,
+        ),
+    ] = None,
+    files: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--file",
+            help="An exported history JSON (`temporal workflow show --output json`, "
+            "tests/golden/); a directory means every .json under it. Repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    query: Annotated[
+        str | None,
+        typer.Option(
+            "--query",
+            help="Every workflow this visibility query selects, e.g. "
+            "\"WorkflowType='PosOnboarding' AND ExecutionStatus='Running'\".",
+            show_default=False,
+        ),
+    ] = None,
+    run_id: Annotated[
+        str | None,
+        typer.Option(
+            "--run-id", help="With an id: a run other than the latest.", show_default=False
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit", min=1, help="With --query: at most this many workflows.", show_default=False
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the report as JSON to stdout, for scripts.")
+    ] = False,
+) -> None:
+    """`posflow admin replay` (its help is `REPLAY_HELP`)."""
+    from workers.codec import KeyRingError
+
+    chosen = [
+        name for name, given in (("ID", target), ("--file", files), ("--query", query)) if given
+    ]
+    if len(chosen) != 1:
+        _fail("give exactly one of: an application or workflow id, --file, --query")
+    if run_id is not None and target is None:
+        _fail("--run-id goes with an application or workflow id")
+    if limit is not None and query is None:
+        _fail("--limit goes with --query")
+
+    async def source() -> Source:
+        if files:
+            return from_files(files)
+        if query is not None:
+            return await from_query(query, limit)
+        assert target is not None
+        workflow_id = target if application_id_of(target) else workflow_id_for(target)
+        return await from_workflow(workflow_id, run_id)
+
+    try:
+        report = asyncio.run(_replay_with_progress(source, show=not as_json))
+    except (CannotCheck, KeyRingError) as err:
+        _fail(str(err))
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), ensure_ascii=False, indent=2))
+    else:
+        _print_report(report)
+    if report.failures:
+        raise typer.Exit(1)
