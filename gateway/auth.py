@@ -44,15 +44,6 @@ class Principal:
 
     role: str | None = None
     merchant: str | None = None
-    signer: str | None = None
-
-    @property
-    def name(self) -> str:
-        return (
-            self.role
-            or (f"merchant:{self.merchant}" if self.merchant else "")
-            or (self.signer or "anonymous")
-        )
 
     def allows(self, needed: str) -> bool:
         return Authority.allows(self.role, needed)
