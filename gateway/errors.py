@@ -149,7 +149,9 @@ SIGNED: Responses = {
     401: described("the signature is missing, malformed, stale, wrong or replayed")
 }
 COMMON: Responses = {
-    413: described("the body is larger than the gateway takes"),
+    400: described("the body is not JSON"),
+    413: described("the body is larger than the gateway takes (256 kB)"),
+    415: described("the body is not sent as application/json"),
     422: described("invalid fields: `fields` names each with its rule"),
 }
 UNAVAILABLE: Responses = {
