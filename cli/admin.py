@@ -21,6 +21,7 @@ import json
 import logging
 import re
 import time
+import traceback
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -190,15 +191,50 @@ def _eviction_reason(number: int) -> str:
         return str(number)
 
 
-def _raised_at(stack_trace: str) -> str | None:
-    """The innermost frame of the project's own code in a workflow error's stack trace."""
-    frames = [f for f in _FRAME.findall(stack_trace) if "site-packages" not in f[0]]
-    if not frames:
-        return None
-    path, line, function = frames[-1]
+def _frame(path: str, line: int | str | None, function: str) -> str:
     with contextlib.suppress(ValueError):
         path = str(Path(path).relative_to(Path.cwd()))
     return f"{path}:{line} in {function}"
+
+
+def _raised_at(stack_trace: str) -> str | None:
+    """The innermost frame of the project's own code in a workflow error's stack trace."""
+    frames = [f for f in _FRAME.findall(stack_trace) if "site-packages" not in f[0]]
+    return _frame(*frames[-1]) if frames else None
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    chain = [error]
+    while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 5:
+        chain.append(cause)
+    return chain
+
+
+def explain_error(error: BaseException) -> tuple[str, str | None]:
+    """What the workflow code raised, through its causes, and the innermost frame of the
+    project's code. A validation error is given by field and rule, never with the input (an
+    application's fields are personal data); any other message goes through the logs' masking."""
+    from pydantic import ValidationError
+
+    from workers.logging import mask_text
+
+    parts = []
+    for item in _chain(error):
+        if isinstance(item, ValidationError):
+            rules = "; ".join(
+                f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in item.errors()
+            )
+            parts.append(f"{item.title} does not validate: {rules}")
+        else:
+            parts.append(f"{type(item).__name__}: {mask_text(str(item))}")
+    frames = [
+        frame
+        for item in _chain(error)
+        for frame in traceback.extract_tb(item.__traceback__)
+        if "site-packages" not in frame.filename
+    ]
+    where = _frame(frames[-1].filename, frames[-1].lineno, frames[-1].name) if frames else None
+    return " ← ".join(parts), where
 
 
 def divergence_of(failure: Exception) -> Divergence:
@@ -492,16 +528,38 @@ def make_replayer() -> Replayer:
     return Replayer(**config)
 
 
+class _ActivationErrors(logging.Handler):
+    """The exception each failed activation raised, by run id, from the SDK's log record: the
+    failure the replayer reports carries only "Encoded failure" (the payload codec encrypts a
+    failure's message and stack trace)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.by_run: dict[str, BaseException] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        details = getattr(record, "temporal_workflow", None)
+        if record.exc_info and record.exc_info[1] is not None and isinstance(details, dict):
+            self.by_run[str(details.get("run_id"))] = record.exc_info[1]
+
+
 @contextlib.contextmanager
-def _sdk_warnings_silenced() -> Iterator[None]:
-    """The SDK logs each failed activation with its traceback; the report says it once."""
-    logger = logging.getLogger("temporalio")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+def _activation_errors() -> Iterator[_ActivationErrors]:
+    """Collect the workflow code's errors, and keep the SDK from logging each failed activation
+    with its traceback (and the core each failed task): the report says it once."""
+    sdk = logging.getLogger("temporalio")
+    activations = logging.getLogger("temporalio.worker._workflow_instance")
+    saved = sdk.level, activations.level, activations.propagate
+    errors = _ActivationErrors()
+    sdk.setLevel(logging.CRITICAL)
+    activations.setLevel(logging.WARNING)
+    activations.propagate = False
+    activations.addHandler(errors)
     try:
-        yield
+        yield errors
     finally:
-        logger.setLevel(level)
+        activations.removeHandler(errors)
+        sdk.level, activations.level, activations.propagate = saved
 
 
 @dataclass
@@ -525,7 +583,7 @@ async def replay(source: Source, on_result: Callable[[Replayed], None] | None = 
             yield history
 
     started = time.perf_counter()
-    with _sdk_warnings_silenced():
+    with _activation_errors() as errors:
         async with make_replayer().workflow_replay_iterator(pushed()) as results:
             async for outcome in results:
                 history = outcome.history
@@ -536,7 +594,10 @@ async def replay(source: Source, on_result: Callable[[Replayed], None] | None = 
                     events=len(history.events),
                 )
                 if outcome.replay_failure is not None:
-                    replayed.divergence = divergence_of(outcome.replay_failure)
+                    replayed.divergence = divergence = divergence_of(outcome.replay_failure)
+                    error = errors.by_run.pop(replayed.run_id, None)
+                    if divergence.kind == "workflow_error" and error is not None:
+                        divergence.why, divergence.raised_at = explain_error(error)
                     histories[id(replayed)] = history
                 report.results.append(replayed)
                 if on_result is not None:
@@ -688,7 +749,7 @@ async def _replay_with_progress(sourced: Callable[[], Awaitable[Source]], show: 
         TextColumn("{task.fields[rate]}"),
         console=progress_console,
         transient=True,
-        disable=not show,
+        disable=not (show and progress_console.is_terminal),
     ) as progress:
         task = progress.add_task("replaying", total=source.total, rate="")
         started = time.perf_counter()
