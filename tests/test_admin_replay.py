@@ -266,3 +266,48 @@ async def test_a_query_lists_every_history_the_code_does_not_reproduce(
     replaying(ChangedFlowV2)  # the guarded change: safe to deploy over these runs
     guarded = await invoke_in_thread("--query", "WorkflowType='ChangedFlow'")
     assert guarded.exit_code == 0, guarded.output
+
+
+# --- what a change to the code looks like ---------------------------------------------------------
+
+
+def test_a_change_to_the_document_rules_is_caught_in_collecting_documents(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rules are evaluated when the workflow runs, and again when it replays: one more
+    required document changes the commands of every run that completed its documents."""
+    import workflows.case
+    from activities.documents import required_documents
+    from schemas.documents import DocumentKind
+
+    def one_more(app: Any, extra: Any = ()) -> list[DocumentKind]:
+        kinds = {*required_documents(app, extra), DocumentKind.TAX_REGISTRATION}
+        return [kind for kind in DocumentKind if kind in kinds]
+
+    monkeypatch.setattr(workflows.case, "required_documents", one_more)
+    result = invoke("--file", str(GOLDEN_DIR / "individual_mail_live.json"), "--json")
+    assert result.exit_code == 1, result.output
+    [failed] = json.loads(result.stdout)["failures"]
+    assert failed["kind"] == "nondeterminism"
+    assert failed["stage"] == "collecting_documents"
+    assert failed["event_type"] == "TimerCanceled"  # the reminder the history cancelled
+
+
+def test_the_workflow_code_raising_is_shown_with_where_it_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import workflows.case
+
+    def broken(app: Any, extra: Any = ()) -> list[Any]:
+        raise LookupError("no rule for this merchant type")
+
+    monkeypatch.setattr(workflows.case, "required_documents", broken)
+    result = invoke("--file", str(GOLDEN_DIR / "rejected.json"), "--json")
+    assert result.exit_code == 1, result.output
+    [failed] = json.loads(result.stdout)["failures"]
+    assert failed["kind"] == "workflow_error"
+    assert failed["why"] == "LookupError: no rule for this merchant type"
+    assert failed["raised_at"].startswith("tests/test_admin_replay.py:")
+    assert failed["raised_at"].endswith(" in broken")
+    # The first workflow task already asks what is outstanding: it handles the start.
+    assert (failed["event_id"], failed["event_type"]) == (1, "WorkflowExecutionStarted")
