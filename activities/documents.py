@@ -121,6 +121,26 @@ def required_documents(app: Application, extra: Iterable[DocumentKind] = ()) -> 
     return [kind for kind in DocumentKind if kind in kinds]
 
 
+def required_documents_v1(app: Application) -> list[DocumentKind]:
+    """The rules of December 2026, frozen: the documents of a run started before the rules were
+    captured in its input. Never edit this: open runs replay with it."""
+    kinds = {
+        DocumentKind.PASSPORT
+        if app.legal_representative.id_kind is IdentityKind.PASSPORT
+        else DocumentKind.IDENTITY_CARD,
+        DocumentKind.BUSINESS_LICENCE,
+        DocumentKind.BANK_ACCOUNT_PROOF,
+    }
+    if app.merchant.physical_shop:
+        kinds.add(DocumentKind.PREMISES_PHOTOS)
+    if (
+        app.merchant.merchant_type is MerchantType.ENTERPRISE
+        and app.merchant.licence.kind is LicenceKind.LEGACY
+    ):
+        kinds.update((DocumentKind.TAX_REGISTRATION, DocumentKind.ORGANISATION_CODE))
+    return [kind for kind in DocumentKind if kind in kinds]
+
+
 # --- the application's own fields ------------------------------------------------------------
 
 

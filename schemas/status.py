@@ -39,10 +39,14 @@ _FINISHED = {Stage.LIVE, Stage.REJECTED, Stage.EXPIRED, Stage.CANCELLED}
 
 
 class OnboardingStart(Model):
-    """The workflow's input: the application and the policy it runs under."""
+    """The workflow's input: the application, the policy it runs under, and the documents it
+    needs under the rules in force when it was submitted. The input is in the history, so a later
+    change to the rules changes new applications only, never what an open run does on replay."""
 
     application: Application
     policy: Policy
+    # None for runs started before the rules were captured: they keep the rules of that time.
+    required_documents: list[DocumentKind] | None = None
 
 
 class TimelineEvent(Model):

@@ -25,6 +25,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from activities.documents import required_documents
 from schemas.application import Application
 from schemas.documents import Document, DocumentSubmission
 from schemas.messages import (
@@ -96,7 +97,9 @@ class Run:
     ) -> Run:
         handle = await env.client.start_workflow(
             PosOnboarding.run,
-            OnboardingStart(application=app, policy=policy),
+            OnboardingStart(
+                application=app, policy=policy, required_documents=required_documents(app)
+            ),
             id=app.workflow_id,
             task_queue=task_queue,
         )

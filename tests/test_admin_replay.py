@@ -271,20 +271,32 @@ async def test_a_query_lists_every_history_the_code_does_not_reproduce(
 # --- what a change to the code looks like ---------------------------------------------------------
 
 
-def test_a_change_to_the_document_rules_is_caught_in_collecting_documents(
+def test_a_change_to_the_document_rules_changes_new_runs_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The rules are evaluated when the workflow runs, and again when it replays: one more
-    required document changes the commands of every run that completed its documents."""
+    """The required documents are captured when a run starts (runs started before that keep
+    the frozen rules of their time): one more required document in today's rules leaves every
+    open run replaying as it ran, while a broken frozen copy would be caught."""
+    import activities.documents
     import workflows.case
-    from activities.documents import required_documents
     from schemas.documents import DocumentKind
 
+    live = activities.documents.required_documents
+
     def one_more(app: Any, extra: Any = ()) -> list[DocumentKind]:
-        kinds = {*required_documents(app, extra), DocumentKind.TAX_REGISTRATION}
+        kinds = {*live(app, extra), DocumentKind.TAX_REGISTRATION}
         return [kind for kind in DocumentKind if kind in kinds]
 
-    monkeypatch.setattr(workflows.case, "required_documents", one_more)
+    monkeypatch.setattr(activities.documents, "required_documents", one_more)
+    result = invoke("--file", str(GOLDEN_DIR), "--json")
+    assert result.exit_code == 0, result.output
+
+    frozen = workflows.case.required_documents_v1
+    monkeypatch.setattr(
+        workflows.case,
+        "required_documents_v1",
+        lambda app: [*frozen(app), DocumentKind.TAX_REGISTRATION],
+    )
     result = invoke("--file", str(GOLDEN_DIR / "individual_mail_live.json"), "--json")
     assert result.exit_code == 1, result.output
     [failed] = json.loads(result.stdout)["failures"]
@@ -298,10 +310,10 @@ def test_the_workflow_code_raising_is_shown_with_where_it_raised(
 ) -> None:
     import workflows.case
 
-    def broken(app: Any, extra: Any = ()) -> list[Any]:
+    def broken(app: Any) -> list[Any]:
         raise LookupError("no rule for this merchant type")
 
-    monkeypatch.setattr(workflows.case, "required_documents", broken)
+    monkeypatch.setattr(workflows.case, "required_documents_v1", broken)
     result = invoke("--file", str(GOLDEN_DIR / "rejected.json"), "--json")
     assert result.exit_code == 1, result.output
     [failed] = json.loads(result.stdout)["failures"]

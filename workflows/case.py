@@ -18,7 +18,7 @@ from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ApplicationError
 
 from activities import catalog
-from activities.documents import required_documents
+from activities.documents import required_documents_v1
 from schemas.documents import Document, DocumentKind, FieldIssue
 from schemas.messages import (
     Ack,
@@ -327,8 +327,16 @@ class Case:
         return all(h.done() for h in self.projections)
 
     def outstanding(self) -> list[DocumentKind]:
-        needed = required_documents(self.start.application, self.requested_documents)
-        return [kind for kind in needed if kind not in self.documents]
+        needed = {*self.required_at_start, *self.requested_documents}
+        return [kind for kind in DocumentKind if kind in needed and kind not in self.documents]
+
+    @property
+    def required_at_start(self) -> list[DocumentKind]:
+        """The documents the application needs, as the rules stood when it was submitted."""
+        captured = self.start.required_documents
+        if captured is not None:
+            return captured
+        return required_documents_v1(self.start.application)
 
     def status(self) -> ApplicationStatus:
         app = self.start.application

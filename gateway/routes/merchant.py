@@ -20,7 +20,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.documents import validate_application
+from activities.documents import required_documents, validate_application
 from gateway.auth import Principal, merchant_or_staff, refuse
 from gateway.errors import (
     COMMON,
@@ -139,7 +139,11 @@ async def start_application(
     try:
         await client.start_workflow(
             PosOnboarding.run,
-            OnboardingStart(application=application, policy=policy),
+            OnboardingStart(
+                application=application,
+                policy=policy,
+                required_documents=required_documents(application),
+            ),
             id=application.workflow_id,
             task_queue=settings.task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
