@@ -25,7 +25,7 @@ from temporalio.client import Client
 from gateway import dashboard
 from gateway.auth import Authority, DashboardForbidden, SignInRequired, staff_or_cookie
 from gateway.codec import codec_router
-from gateway.errors import ApiError, shown
+from gateway.errors import COMMON, SIGNED_IN, ApiError, shown
 from gateway.forwarding import PENDING_DETAIL, Forwarded, Forwarder, answer
 from gateway.limits import BodyLimit, BodyTooLarge, excerpt, too_large_body, valid_id
 from gateway.metrics import GatewayMetrics
@@ -122,6 +122,8 @@ def _include_codec(app: FastAPI, client: Client, settings: GatewaySettings) -> N
     app.include_router(
         codec_router(codec, settings.temporal_ui_url, namespace=settings.namespace),
         dependencies=[Depends(codec_admin)],
+        # What the guard and the body limit answer, declared with the codec's own answers.
+        responses={**SIGNED_IN, 413: COMMON[413]},
     )
 
 

@@ -45,8 +45,12 @@ def excerpt(raw: bytes) -> Any:
     excerpt of its first characters with its size."""
     if len(raw) <= EXCERPT_CHARS:
         try:
-            return masked(json.loads(raw))
-        except ValueError:
+            parsed = json.loads(raw)
+            # JSON may spell a lone surrogate (`"\\udc00"`), which has no UTF-8 form and no
+            # database keeps: such a body is kept as the text it came as, like a long one.
+            json.dumps(parsed, ensure_ascii=False).encode()
+            return masked(parsed)
+        except ValueError:  # not JSON, or (UnicodeEncodeError) a lone surrogate
             pass
     text = raw[: EXCERPT_CHARS * 4].decode("utf-8", errors="replace")
     cut = len(text) > EXCERPT_CHARS or len(raw) > EXCERPT_CHARS * 4

@@ -30,7 +30,7 @@ from activities.projection import ProjectionActivities
 from gateway.app import SIGNERS, GatewaySettings, create_app
 from gateway.auth import COOKIE, GUARDS
 from gateway.settings import GatewayConfigError, InsecureGateway
-from gateway.store import MessageRecord, Store
+from gateway.store import ApplicationRecord, MessageRecord, Store
 from schemas.application import Channel
 from services.signing import HEADER, sign
 from tests.factories import individual_application, valid_documents
@@ -595,3 +595,117 @@ def test_merchant_keys_from_the_environment_name_a_channel(
     monkeypatch.setenv("POSFLOW_MERCHANT_KEYS", "moon:key")
     with pytest.raises(GatewayConfigError, match="bank"):
         GatewaySettings.from_env()
+
+
+# --- what the fuzzer found (tests/test_fuzz.py) ----------------------------------------------
+
+
+def snapshot_body(**overrides: Any) -> dict[str, Any]:
+    return {
+        "application_id": "S-SNAPSHOT",
+        "workflow_id": "pos-application-S-SNAPSHOT",
+        "version": 1,
+        "channel": "bank",
+        "merchant_type": "individual",
+        "merchant_name": "便利店",
+        "fulfilment": "mail",
+        "stage": "contract",
+        "stage_entered_at": "2026-01-01T00:00:00Z",
+        "review_round": 1,
+        "started_at": "2026-01-01T00:00:00Z",
+        **overrides,
+    }
+
+
+async def signed_post(
+    http: httpx.AsyncClient, path: str, raw: bytes, secret: str | None
+) -> httpx.Response:
+    headers = {"Content-Type": "application/json"}
+    if secret is not None:
+        headers[HEADER] = sign(raw, secret, int(time.time()))
+    return await http.post(path, content=raw, headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ({"version": 2**63}, "version"),  # was a 500: past SQLite's INTEGER
+        ({"version": -1}, "version"),
+        ({"review_round": 10**20}, "review_round"),
+        ({"stage_entered_at": "0001-01-01T00:30:00+01:00"}, "stage_entered_at"),  # no UTC time
+        (
+            {"visits": [{"stage": "contract", "entered_at": "9999-12-31T23:59:00-01:00"}]},
+            "visits.0.entered_at",
+        ),
+        ({"merchant_name": "\udc00"}, "merchant_name"),  # a lone surrogate: no UTF-8 form
+    ],
+)
+async def test_a_snapshot_the_store_cannot_keep_is_422_by_field_never_500(
+    tmp_path: Path, override: dict[str, Any], field: str
+) -> None:
+    app = offline(tmp_path)
+    async with asgi(app) as http:
+        raw = json.dumps(snapshot_body(**override)).encode()
+        answer = await signed_post(http, "/api/internal/projections", raw, SECRETS["worker"])
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"] == "invalid_snapshot"
+        assert set(answer.json()["fields"]) == {field}
+        kept = await signed_post(
+            http,
+            "/api/internal/projections",
+            json.dumps(snapshot_body()).encode(),
+            SECRETS["worker"],
+        )
+        assert kept.status_code == 200 and kept.json() == {"applied": True, "version": 1}
+
+
+async def test_a_lone_surrogate_in_a_refused_body_is_kept_as_text_never_500(tmp_path: Path) -> None:
+    """JSON may spell a lone surrogate ("\\udc00"): Python's parser takes it, no database can
+    keep it. A refused message for a known application keeps a masked excerpt of its body in the
+    audit trail: that was a 500, even for a request nobody signed."""
+    app = offline(tmp_path)
+    store: Store = app.state.store
+    store.record_application(
+        ApplicationRecord(
+            application_id="S-KNOWN",
+            workflow_id="pos-application-S-KNOWN",
+            channel="alipay",
+            merchant_type="individual",
+            merchant_name="便利店",
+            stage="in_review",
+        )
+    )
+    path = "/api/applications/S-KNOWN/review-decision"
+    raw = b'{"decision_id": "d-1", "case_id": "RC-1", "round": 1, "outcome": "approved", '
+    raw += b'"reviewer": "r\\udc00"}'
+    async with asgi(app) as http:
+        unsigned = await signed_post(http, path, raw, None)
+        assert unsigned.status_code == 401 and unsigned.json()["error"] == "bad_signature"
+        signed = await signed_post(http, path, raw, SECRETS["review"])
+        assert signed.status_code == 422 and set(signed.json()["fields"]) == {"reviewer"}
+        audit = await http.get("/api/applications/S-KNOWN/messages", headers=bearer(ADMIN))
+    assert audit.status_code == 200, audit.text
+    assert [m["outcome"] for m in audit.json()] == ["invalid", "invalid"]
+    for message in audit.json():
+        kept = json.loads(message["body"])
+        assert kept["truncated"] is False and "\\udc00" in kept["excerpt"]
+
+
+async def test_every_operation_declares_what_its_guard_and_the_body_limit_answer(
+    tmp_path: Path,
+) -> None:
+    """A credential refused is a 401, a body past the limit a 413, on every route that takes
+    them; the codec's routes did not say so (found by the fuzzer's status code check)."""
+    async with asgi(offline(tmp_path)) as http:
+        spec = (await http.get("/openapi.json", headers=bearer(VIEWER))).json()
+        for method in ("decode", "encode"):
+            answer = await http.post(f"/codec/{method}", json={"payloads": []})
+            assert answer.status_code == 401
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            declared = set(operation["responses"])
+            signed = any(p["name"] == HEADER for p in operation.get("parameters", []))
+            if operation.get("security") or signed:
+                assert "401" in declared, (method, path)
+            if "requestBody" in operation:
+                assert "413" in declared, (method, path)
