@@ -130,14 +130,13 @@ async def run_demo(gateway_url: str, count: int, seed: int, patience: float) -> 
             else:
                 answer.raise_for_status()
 
-        await asyncio.gather(*(submit(s) for s in batch))
-        result.submitted = len(batch)
         by_id = {s.application.application_id: s for s in batch}
         pending = set(by_id)
         stages: dict[str, str] = {}
         supplemented: set[tuple[str, int]] = set()
-        # The merchants answer at once (one status query each, a few at a time): a merchant
-        # asked for documents again must not wait for a sweep over every other case.
+        # Each merchant watches their own application from the moment it is submitted (one
+        # status query at a time, a few merchants at once): one asked for documents again must
+        # not wait for the other submissions or a sweep over every other case.
         polling = asyncio.Semaphore(16)
 
         async def follow(app_id: str) -> None:
@@ -167,9 +166,15 @@ async def run_demo(gateway_url: str, count: int, seed: int, patience: float) -> 
                 result.outcomes[status["stage"]] += 1
                 pending.discard(app_id)
 
-        while pending and time.monotonic() - started < patience:
-            await asyncio.gather(*(follow(app_id) for app_id in list(pending)))
-            await asyncio.sleep(0.5)
+        async def merchant(s: Sample) -> None:
+            await submit(s)
+            app_id = s.application.application_id
+            while app_id in pending and time.monotonic() - started < patience:
+                await follow(app_id)
+                await asyncio.sleep(0.5)
+
+        await asyncio.gather(*(merchant(s) for s in batch))
+        result.submitted = len(batch)
         result.supplemented = len(supplemented)
         result.unfinished = {app_id: stages.get(app_id, "?") for app_id in pending}
     result.seconds = time.monotonic() - started
