@@ -116,7 +116,7 @@ async def run_demo(gateway_url: str, count: int, seed: int, patience: float) -> 
         async def submit(s: Sample) -> None:
             app = s.application
             body = {**app.model_dump(mode="json"), "policy": DEMO_POLICY}
-            response = await admin.post("/api/applications", json=body)
+            response = await post_until_answered(admin, "/api/applications", body)
             response.raise_for_status()
             docs = {
                 "submission_id": f"{app.application_id}-docs",
@@ -141,7 +141,13 @@ async def run_demo(gateway_url: str, count: int, seed: int, patience: float) -> 
 
         async def follow(app_id: str) -> None:
             async with polling:
-                status = (await http.get(f"/api/applications/{app_id}")).json()
+                try:
+                    answer = await http.get(f"/api/applications/{app_id}")
+                except httpx.TimeoutException:
+                    return  # a busy stack: look again on the next round
+            if answer.status_code != 200:
+                return
+            status = answer.json()
             stages[app_id] = status["stage"]
             requested = status["documents"]["requested_by_review"]
             round_ = int(status["round"])
