@@ -481,7 +481,8 @@ class PosOnboarding:
                 case.delivery is not None and case.delivery.kind is not DeliveryOutcomeKind.FAILED
             )
             common = {"application_id": case.app_id, "reason": self.closing_reason}
-            if delivered:
+
+            async def arrange_return() -> None:
                 await self.undo_step(
                     "arrange_return",
                     act.ARRANGE_RETURN,
@@ -493,6 +494,9 @@ class PosOnboarding:
                     ),
                     steps.ReturnArranged,
                 )
+
+            if delivered:
+                await arrange_return()
             elif case.shipment is not None:
                 recall = steps.RecallShipment(
                     idempotency_key=case.key("recall_shipment", attempt),
@@ -511,17 +515,7 @@ class PosOnboarding:
                         )
                     except Refused:
                         case.event("recall_refused", "the parcel was delivered: arranging a return")
-                        await self.undo_step(
-                            "arrange_return",
-                            act.ARRANGE_RETURN,
-                            steps.ArrangeReturn(
-                                idempotency_key=case.key("arrange_return"),
-                                serials=list(case.terminals),
-                                address=self.app.delivery_address(),
-                                **common,
-                            ),
-                            steps.ReturnArranged,
-                        )
+                        await arrange_return()
                 else:
                     await self.undo_step("recall_shipment", act.RECALL_SHIPMENT, recall)
             elif case.installation is not None:
