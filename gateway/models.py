@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Literal
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.limits import APPLICATION_ID_RULE
-from schemas.application import Application
+from schemas.application import Application, RequiredNote
 from schemas.policy import PolicyOverrides
+from schemas.status import Stage
 
 
 def new_application_id() -> str:
@@ -65,3 +66,142 @@ class ProjectionReceived(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
+
+
+# --- the admin API ---------------------------------------------------------------------------
+
+Reason = Annotated[
+    RequiredNote,
+    Field(min_length=1, max_length=500, description="why: kept in the audit trail with who"),
+]
+RequestId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=80,
+        description="the action's id: sent again, it is answered `duplicate`, never done twice",
+    ),
+]
+
+
+class AdminAction(BaseModel):
+    """An admin's action on one application (`retry`, `skip`, `withdraw`): its id and why. Who
+    takes it is the credential's role, never a name the body gives.
+
+    Bodies from before reasons were required are taken: their `note` is the reason, their
+    self-declared `admin` is dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: RequestId
+    reason: Reason
+
+    @model_validator(mode="before")
+    @classmethod
+    def _earlier_shape(cls, data: Any) -> Any:
+        if isinstance(data, dict) and ("note" in data or "admin" in data):
+            data = dict(data)
+            note = data.pop("note", None)
+            data.pop("admin", None)
+            if "reason" not in data and isinstance(note, str) and note.strip():
+                data["reason"] = note
+        return data
+
+
+class ExtendRequest(AdminAction):
+    """`extend`: another period for the overdue wait the application is parked on."""
+
+    period: timedelta | None = Field(
+        default=None,
+        gt=timedelta(0),
+        le=timedelta(days=180),
+        description="the new period from now, ISO 8601 (e.g. P3D); the stage's own when absent",
+    )
+
+
+class ResetRequest(BaseModel):
+    """`reset`: run the application's workflow again from the start of `to_stage` (Temporal's
+    reset of its latest run); what came before that stage is kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: RequestId
+    to_stage: Stage
+    reason: Reason
+
+
+class ResetReceipt(BaseModel):
+    """A reset done (or recognised as done before: `duplicate`). The workflow id stays; the
+    gateway follows the new run."""
+
+    outcome: Literal["applied", "duplicate"]
+    request_id: str
+    workflow_id: str
+    old_run_id: str
+    new_run_id: str
+    stage: Stage
+    workflow_task_event_id: int = Field(description="the reset point: the task that entered it")
+    entered_event_id: int = Field(description="the search-attribute upsert that entered it")
+    entered_at: datetime | None = None
+
+
+class StageEntry(BaseModel):
+    stage: Stage
+    entered_event_id: int
+    workflow_task_event_id: int
+    entered_at: datetime | None = None
+
+
+class ResetPointView(BaseModel):
+    """Where a reset to `stage` would take the latest run (nothing is changed by reading it)."""
+
+    workflow_id: str
+    run_id: str
+    status: str = Field(description="the latest run's status: Running, Failed, Terminated...")
+    stage: Stage
+    workflow_task_event_id: int
+    entered_event_id: int
+    entered_at: datetime | None = None
+    entries: list[StageEntry] = Field(description="every entry into a stage, oldest first")
+
+
+FailureKind = Literal["needs_attention", "overdue", "failed"]
+
+
+class Failure(BaseModel):
+    """One application that needs an admin: parked (`needs_attention`), past its stage deadline
+    (`overdue`), or whose workflow failed, timed out or was terminated (`failed`)."""
+
+    application_id: str
+    workflow_id: str
+    kind: FailureKind
+    attention: str | None = Field(
+        default=None, description="why it is parked (step_failed, activation_overdue...)"
+    )
+    step: str = Field(default="", description="the step it is parked on")
+    reason: str = ""
+    since: datetime | None = Field(
+        default=None, description="parked since, overdue since (the deadline) or closed at"
+    )
+    stage: str = ""
+    channel: str = ""
+    merchant_name: str = ""
+    stage_deadline: datetime | None = None
+    overdue: bool = False
+    run_id: str | None = Field(default=None, description="failed: the run that failed")
+    status: str = Field(default="Running", description="the workflow's status")
+    actions: list[str] = Field(
+        default_factory=list,
+        description="what an admin may do: retry, skip, extend, withdraw, reset",
+    )
+
+
+class FailureList(BaseModel):
+    total: int = Field(description="how many match in all")
+    offset: int
+    limit: int
+    failures: list[Failure]
+    complete: bool = Field(
+        default=True, description="false: part of the list could not be read (see problems)"
+    )
+    problems: list[str] = Field(default_factory=list)

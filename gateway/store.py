@@ -143,6 +143,10 @@ class MessageRecord(SQLModel, table=True):
     body: str = ""  # JSON with personal numbers masked
     update_id: str = ""  # the Temporal update that carried it, when it reached the workflow
     settled_at: datetime | None = None  # when a pending message got its final outcome
+    # The audit of actions people take (an admin's retry, extend, reset, withdrawal): who, by
+    # the credential's role (ops tokens carry no names), and why, as they gave it (masked).
+    actor: str = ""
+    reason: str = ""
 
 
 class SeenSignature(SQLModel, table=True):
@@ -565,6 +569,24 @@ class Store:
             result = session.execute(
                 query.values(outcome=outcome, detail=mask_text(detail), settled_at=_now())
             )
+            session.commit()
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
+    def stamp_action(
+        self, application_id: str, message_id: str, kind: str, actor: str, reason: str
+    ) -> int:
+        """Say who took an action and why on the receipts kept for it without them (the
+        forwarding keeps a message's receipts; an action's author is the route's to say).
+        Returns how many rows were stamped; a row already stamped is left as it is."""
+        query = (
+            update(MessageRecord)
+            .where(col(MessageRecord.application_id) == application_id)
+            .where(col(MessageRecord.message_id) == message_id)
+            .where(col(MessageRecord.kind) == kind)
+            .where(col(MessageRecord.actor) == "")
+        )
+        with self.session() as session:
+            result = session.execute(query.values(actor=actor, reason=mask_text(reason)))
             session.commit()
             return int(result.rowcount)  # type: ignore[attr-defined]
 
