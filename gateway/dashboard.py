@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -27,11 +27,14 @@ from gateway.auth import COOKIE, ROLES, Authority, Principal, dashboard, public
 from gateway.errors import shown
 from gateway.forwarding import pending_ack
 from gateway.limits import valid_id
+from gateway.models import AdminAction as GatewayAdminAction
+from gateway.models import ExtendRequest, ResetRequest
 from gateway.resources import send, workflow
+from gateway.routes.admin import FailureFilter, actor_of, find_failures, take_action, take_reset
 from gateway.settings import GatewaySettings
 from gateway.store import ENDINGS, IN_FLIGHT, PROCESS, ListFilter, Store
 from schemas.application import Channel, MerchantType
-from schemas.messages import AdminAction, CancelRequest
+from schemas.messages import CancelRequest
 from workers.logging import masked
 from workflows.case import CHINA
 from workflows.onboarding import PosOnboarding
@@ -306,6 +309,8 @@ async def application(
         row=masked(record.summary(now)) if record else None,
         visits=visits,
         messages=[masked(m.model_dump(mode="json")) for m in kept],
+        # A reset can take the run back to the start of any stage it entered.
+        reset_stages=list(dict.fromkeys(v.stage for v in visits if v.stage in RESETTABLE)),
         unavailable=unavailable,
         workflow_url=workflow_url(
             request.app.state.settings, record.workflow_id if record else application_id
@@ -315,28 +320,77 @@ async def application(
     )
 
 
-UPDATES: dict[str, Any] = {"cancel": PosOnboarding.cancel, "retry": PosOnboarding.retry}
+UPDATES: dict[str, Any] = {"cancel": PosOnboarding.cancel}
+
+
+def _back(form_next: str, application_id: str, done: str) -> RedirectResponse:
+    """Back to the page the form was on (a dashboard page only), with what became of it."""
+    own = f"/ui/applications/{quote(application_id)}"
+    target = _local(form_next) if form_next.startswith("/ui/") else own
+    parts = urlsplit(target)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "done"] + [("done", done)]
+    return RedirectResponse(f"{parts.path}?{urlencode(query)}", 303)
 
 
 async def action(request: Request, application_id: str, who: Principal, verb: str) -> Response:
+    """An action from a dashboard form, kept in the audit trail with who (the sign-in's role)
+    and why (the form's reason); what became of it is shown on the page it came from."""
     if not valid_id(application_id):
         return Response("no such application", status_code=404)
     form = await request.form()
-    by = f"dashboard:{who.role}"
+    actor = actor_of(who)
     request_id = f"ui-{uuid.uuid4().hex[:12]}"
+    reason = str(form.get("reason", "")).strip()
+    back = str(form.get("next", ""))
     try:
         if verb == "cancel":
-            reason = str(form.get("reason", "")).strip() or "withdrawn by operations"
-            payload: Any = CancelRequest(request_id=request_id, reason=reason, requested_by=by)
+            reason = reason or "withdrawn by operations"
+            payload: Any = CancelRequest(
+                request_id=request_id, reason=reason, requested_by=f"dashboard:{who.role}"
+            )
+            try:
+                forwarded = await send(
+                    request, application_id, "operator", verb, UPDATES[verb], payload
+                )
+            finally:
+                await asyncio.to_thread(
+                    request.app.state.store.stamp_action,
+                    application_id,
+                    request_id,
+                    verb,
+                    actor,
+                    reason,
+                )
+        elif verb == "reset":
+            body = ResetRequest.model_validate(
+                {"request_id": request_id, "to_stage": form.get("to_stage", ""), "reason": reason}
+            )
+            done_reset = await take_reset(request, application_id, body, actor)
+            return _back(
+                back,
+                application_id,
+                f"reset: {done_reset.outcome} — to the start of {done_reset.stage.value}, "
+                f"new run {done_reset.new_run_id}",
+            )
         else:
-            payload = AdminAction(request_id=request_id, admin=by)
-        source = "operator" if verb == "cancel" else "admin"
-        forwarded = await send(request, application_id, source, verb, UPDATES[verb], payload)
+            fields: dict[str, Any] = {"request_id": request_id, "reason": reason}
+            period = str(form.get("period", "")).strip()
+            if verb == "extend" and period:
+                fields["period"] = period
+            model = ExtendRequest if verb == "extend" else GatewayAdminAction
+            forwarded, payload = await take_action(
+                request, application_id, verb, model.model_validate(fields), actor
+            )
         ack = forwarded.result or pending_ack(payload)
         done = f"{verb}: {forwarded.outcome} — {ack.detail}"
+    except ValidationError as err:  # nothing was sent
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
+        )
+        done = f"{verb} not sent: {problems}"
     except Exception as err:  # the refusal is shown to the operator, nothing changed
         done = f"{verb} refused: {getattr(err, 'message', str(err))}"
-    return RedirectResponse(f"/ui/applications/{application_id}?{urlencode({'done': done})}", 303)
+    return _back(back, application_id, shown(done, 300))
 
 
 dashboard_operator = dashboard("operator")
@@ -350,8 +404,76 @@ async def cancel(
     return await action(request, application_id, who, "cancel")
 
 
+DashboardAdmin = Annotated[Principal, Depends(dashboard_admin)]
+
+
 @router.post("/ui/applications/{application_id}/retry")
-async def retry(
-    request: Request, application_id: str, who: Annotated[Principal, Depends(dashboard_admin)]
-) -> Response:
+async def retry(request: Request, application_id: str, who: DashboardAdmin) -> Response:
     return await action(request, application_id, who, "retry")
+
+
+@router.post("/ui/applications/{application_id}/extend")
+async def extend(request: Request, application_id: str, who: DashboardAdmin) -> Response:
+    return await action(request, application_id, who, "extend")
+
+
+@router.post("/ui/applications/{application_id}/withdraw")
+async def withdraw(request: Request, application_id: str, who: DashboardAdmin) -> Response:
+    return await action(request, application_id, who, "withdraw")
+
+
+@router.post("/ui/applications/{application_id}/reset")
+async def reset(request: Request, application_id: str, who: DashboardAdmin) -> Response:
+    return await action(request, application_id, who, "reset")
+
+
+RESETTABLE = {s.value for s in IN_FLIGHT if s.value != "closing"}
+KINDS = {"needs_attention": "needs attention", "overdue": "overdue", "failed": "failed"}
+
+
+@router.get("/ui/attention")
+async def attention(request: Request, viewer: Viewer, done: str = "") -> Response:
+    """What needs an admin (the admin API's failures list), with the same filters; each case
+    links to its page, and an admin acts on it from here."""
+    params = {k: v for k, v in request.query_params.items() if v != "" and k != "done"}
+    page_number = params.pop("page", "1")
+    try:
+        number = max(1, int(page_number))
+        wanted = FailureFilter.model_validate({"limit": 50, **params})
+        wanted = wanted.model_copy(update={"offset": (number - 1) * wanted.limit})
+        problems: dict[str, str] = {}
+    except (ValidationError, ValueError) as err:
+        number, wanted = 1, FailureFilter()
+        problems = (
+            {".".join(str(p) for p in e["loc"]): e["msg"] for e in err.errors()}
+            if isinstance(err, ValidationError)
+            else {"page": "must be a whole number"}
+        )
+    found = await find_failures(request.app.state.client, request.app.state.store, wanted)
+    pages = max(1, -(-found.total // wanted.limit))
+    here = "/ui/attention?" + urlencode({**params, "page": number})
+
+    def link(to_page: int) -> str:
+        return "/ui/attention?" + urlencode({**params, "page": to_page})
+
+    return render(
+        request,
+        "attention.html",
+        viewer.role,
+        status_code=422 if problems else 200,
+        found=found,
+        rows=[f.model_dump(mode="json") for f in found.failures],
+        params=params,
+        problems=problems,
+        number=number,
+        pages=pages,
+        link=link,
+        here=here,
+        first=wanted.offset + 1 if found.failures else 0,
+        last=wanted.offset + len(found.failures),
+        stages=[*IN_FLIGHT],
+        channels=[c.value for c in Channel],
+        kinds=KINDS,
+        done=shown(done, 300),
+        now=datetime.now(UTC),
+    )

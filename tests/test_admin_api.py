@@ -1,9 +1,10 @@
-"""The admin API on a real Temporal dev server (visibility and reset need one; the time-skipping
-server has neither): the gateway over HTTP, the real workflow, stand-in services that can be told
-to fail, and snapshots reaching the gateway's store through the real projection activity.
+"""The admin API and the dashboard's Attention page on a real Temporal dev server (visibility and
+reset need one; the time-skipping server has neither): the gateway over HTTP, the real workflow,
+stand-in services that can be told to fail, and snapshots reaching the gateway's store through
+the real projection activity.
 
 What an admin sees (`GET /api/admin/failures`: parked with the step, the reason and since when;
-overdue; failed, timed out or terminated), what an admin does (retry, extend, reset)
+overdue; failed, timed out or terminated), what an admin does (retry, extend, withdraw, reset)
 and that each action is kept in the application's messages with who and why.
 """
 
@@ -29,7 +30,9 @@ from temporalio.worker import Worker
 from activities import catalog
 from activities.projection import ProjectionActivities
 from gateway.app import SIGNERS, GatewaySettings, create_app
+from gateway.auth import COOKIE
 from gateway.store import Store
+from schemas.messages import ReviewOutcome
 from schemas.policy import policy_for
 from schemas.status import AttentionKind, Outcome, Stage
 from tests.conftest import _binary
@@ -405,3 +408,54 @@ async def test_failed_and_terminated_workflows_are_listed_and_a_reset_goes_live(
     assert "never entered stage training" in resets[0]["detail"]
     assert resets[2]["actor"] == "admin" and resets[2]["reason"] == "fixed in 1.2.1"
     assert receipt["new_run_id"] in resets[2]["detail"]
+
+
+async def test_the_attention_page_lists_cases_and_admins_act_from_it(
+    admin_stack: AdminStack,
+) -> None:
+    s = admin_stack
+    s.services.fail(catalog.ISSUE_CONTRACT)
+    try:
+        run = await s.start()
+        await run.submit()
+        await run.decide(ReviewOutcome.APPROVED)
+        await run.parked()
+    finally:
+        s.services.heal(catalog.ISSUE_CONTRACT)
+    app_id = run.app.application_id
+    await s.listed({app_id}, kind="needs_attention")
+    async with httpx.AsyncClient(base_url=s.url, cookies={COOKIE: ADMIN}) as admin_page:
+        page = await admin_page.get("/ui/attention", params={"kind": "needs_attention"})
+        assert page.status_code == 200
+        assert app_id in page.text and catalog.ISSUE_CONTRACT in page.text
+        assert f'data-testid="retry-{app_id}"' in page.text
+        assert f'data-testid="withdraw-{app_id}"' in page.text
+        bad = await admin_page.get("/ui/attention", params={"kind": "nonsense"})
+        assert bad.status_code == 422 and "Filter not applied" in bad.text
+        here = "/ui/attention?kind=needs_attention&page=1"
+        unexplained = await admin_page.post(
+            f"/ui/applications/{app_id}/withdraw", data={"next": here, "reason": " "}
+        )
+        assert unexplained.status_code == 303 and "not+sent" in unexplained.headers["location"]
+        withdrawn = await admin_page.post(
+            f"/ui/applications/{app_id}/withdraw",
+            data={"next": here, "reason": "merchant closed the shop"},
+        )
+        assert withdrawn.status_code == 303
+        assert withdrawn.headers["location"].startswith("/ui/attention?kind=needs_attention")
+        shown = await admin_page.get(withdrawn.headers["location"])
+        assert "withdraw: applied" in shown.text
+        application = await admin_page.get(f"/ui/applications/{app_id}")
+        assert "merchant closed the shop" in application.text  # the messages, with why
+    async with httpx.AsyncClient(base_url=s.url, cookies={COOKIE: VIEWER}) as viewer_page:
+        page = await viewer_page.get("/ui/attention")
+        assert page.status_code == 200 and 'data-testid="retry-' not in page.text
+        refused = await viewer_page.post(
+            f"/ui/applications/{app_id}/withdraw", data={"reason": "x"}
+        )
+        assert refused.status_code == 403
+    assert (await run.outcome()).stage is Stage.CANCELLED
+    kept = [m for m in await s.messages(app_id) if m["kind"] == "withdraw"]
+    assert [(m["outcome"], m["source"], m["actor"], m["reason"]) for m in kept] == [
+        ("applied", "admin", "admin", "merchant closed the shop")
+    ]

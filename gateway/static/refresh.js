@@ -10,6 +10,9 @@
   async function refresh() {
     const active = document.activeElement;
     if (active && ["INPUT", "SELECT", "TEXTAREA"].includes(active.tagName)) return;
+    // Nor while a form holds something typed and not sent yet (a reason, say).
+    const fields = document.querySelectorAll("#main form[method=post] input:not([type=hidden])");
+    if (Array.from(fields).some((field) => field.value !== field.defaultValue)) return;
     try {
       const response = await fetch(window.location.href, { headers: { "X-Refresh": "1" } });
       if (!response.ok || response.redirected) return;
