@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -50,17 +51,19 @@ if TYPE_CHECKING:
     from temporalio.runtime import Runtime
     from temporalio.worker import Replayer
 
-admin_app = typer.Typer(
-    help="Administer the workflows themselves: replay histories against the code on disk.",
-    no_args_is_help=True,
+ADMIN_HELP = (
+    "Administer applications and their workflows: what needs an admin (failures), retry, skip, "
+    "extend or withdraw one case or many, reset a run to a stage, replay histories against the "
+    "code on disk."
 )
+admin_app = typer.Typer(help=ADMIN_HELP, no_args_is_help=True)
 console = Console(highlight=False, soft_wrap=True)
 progress_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-@admin_app.callback()
+@admin_app.callback(help=ADMIN_HELP)
 def admin() -> None:
-    """Administer the workflows themselves: replay histories against the code on disk."""
+    """Administer applications and their workflows (`ADMIN_HELP`)."""
 
 
 # Histories fetched ahead of the one being replayed, when a query selects many.
@@ -895,3 +898,896 @@ def replay_command(
         _print_report(report)
     if report.failures:
         raise typer.Exit(1)
+
+
+# --- the admin actions, through the gateway -----------------------------------------------------
+#
+# `failures`, `retry | skip | extend | withdraw` and `reset` are clients of the gateway's admin API
+# (`/api/admin/...`), with an admin token (--token, POSFLOW_TOKEN, or the admin token of the
+# credentials file `posflow up` wrote, for a gateway on this machine). The gateway checks and
+# records every action (who, why, when, what became of it); the CLI selects the cases, paces the
+# requests and reports each one. A bulk run's request ids are `<batch>:<verb>:<application>`:
+# running it again with the same --batch is answered `duplicate` for what was done, never twice.
+
+ACTION_VERBS = ("retry", "skip", "extend", "withdraw")
+DEFAULT_RATE = 10.0
+# Requests in flight at once, at most (the rate is the other bound).
+MAX_IN_FLIGHT = 32
+# A 503 (`retry: true`) is sent again after its Retry-After, this many times in all at most.
+ATTEMPTS = 3
+RETRY_AFTER_CAP = 10.0
+PAGE = 500  # failures read per request when selecting by filter
+# The failures list's query parameters and the options that set them, so a refusal names what
+# the user typed.
+FAILURE_OPTIONS = {
+    "stage": "--stage",
+    "kind": "--kind",
+    "channel": "--channel",
+    "older_than": "--older-than",
+    "limit": "--limit",
+    "offset": "--page",
+    "reason": "--reason",
+    "period": "--period",
+    "to_stage": "--to-stage",
+    "request_id": "--batch / --request-id",
+}
+
+AdminGatewayUrl = Annotated[
+    str,
+    typer.Option(
+        "--gateway-url",
+        envvar="POSFLOW_GATEWAY_URL",
+        help="The gateway's base URL.",
+        show_envvar=True,
+    ),
+]
+AdminToken = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="POSFLOW_TOKEN",
+        help="An admin bearer token; default: the admin token in the credentials file "
+        "`posflow up` wrote, for a gateway on this machine.",
+        show_default=False,
+        show_envvar=True,
+    ),
+]
+StageOption = Annotated[
+    str | None, typer.Option("--stage", help="Only cases in this stage, e.g. delivering.")
+]
+KindOption = Annotated[
+    str | None,
+    typer.Option(
+        "--kind",
+        help="needs_attention (parked), overdue (past the stage deadline, parked or not) or "
+        "failed (the workflow failed, timed out or was terminated).",
+    ),
+]
+ChannelOption = Annotated[
+    str | None, typer.Option("--channel", help="bank, lakala, tmall or alipay.")
+]
+OlderThanOption = Annotated[
+    str | None,
+    typer.Option(
+        "--older-than",
+        help="ISO 8601 duration (PT1H, P3D): parked, overdue or closed at least this long ago.",
+    ),
+]
+ReasonOption = Annotated[
+    str,
+    typer.Option(
+        "--reason", help="Why (1-500 characters): kept in each application's audit trail."
+    ),
+]
+DryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="List what would be touched; send nothing.")
+]
+AdminJson = Annotated[bool, typer.Option("--json", help="Print JSON to stdout, for scripts.")]
+
+
+def _default_url() -> str:
+    from cli.apps import DEFAULT_GATEWAY_URL
+
+    return DEFAULT_GATEWAY_URL
+
+
+def _admin_token(url: str, token: str | None) -> str | None:
+    from cli.apps import stored_token
+
+    return token or stored_token(url, "admin")
+
+
+def _gateway_failed(err: Exception) -> NoReturn:
+    """End the command with the gateway's refusal, each field named by its option."""
+    from cli.apps import GatewayError
+
+    assert isinstance(err, GatewayError)
+    progress_console.print(f"[bold red]error:[/] {escape(err.message)}")
+    for name, why in err.fields.items():
+        option = FAILURE_OPTIONS.get(name)
+        where = f"{name} ({option})" if option else name
+        progress_console.print(f"  [bold]{escape(where)}[/]: {escape(why)}")
+    raise typer.Exit(err.code)
+
+
+def _refusal(response: Any) -> tuple[str, str, dict[str, str], bool]:
+    """An error answer: (error, message, fields, retry)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        fields = body.get("fields")
+        return (
+            str(body.get("error", "")),
+            str(body["message"]),
+            {str(k): str(v) for k, v in fields.items()} if isinstance(fields, dict) else {},
+            bool(body.get("retry", False)),
+        )
+    text = response.text.strip()[:200] or response.reason_phrase
+    return "http_error", f"{text} (HTTP {response.status_code})", {}, response.status_code >= 500
+
+
+def _failure_params(
+    stage: str | None,
+    kind: str | None,
+    channel: str | None,
+    older_than: str | None,
+    limit: int,
+    offset: int,
+) -> dict[str, str]:
+    wanted = {
+        "stage": stage,
+        "kind": kind,
+        "channel": channel,
+        "older_than": older_than,
+        "limit": str(limit),
+        "offset": str(offset),
+    }
+    return {k: v for k, v in wanted.items() if v is not None}
+
+
+def _read_failures(url: str, token: str | None, params: dict[str, str]) -> dict[str, Any]:
+    """One page of `GET /api/admin/failures`; a refusal ends the command."""
+    from cli.apps import Gateway, GatewayError
+
+    gateway = Gateway(url, token)
+    try:
+        data = gateway.json("/api/admin/failures", params)
+    except GatewayError as err:
+        _gateway_failed(err)
+    finally:
+        gateway.close()
+    if not isinstance(data, dict) or not isinstance(data.get("failures"), list):
+        _gateway_failed(GatewayError(f"{url}/api/admin/failures is not the posflow gateway's"))
+    return data
+
+
+def _failures_table(rows: list[dict[str, Any]]) -> Any:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    from cli.apps import _relative, _stacked
+
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        caption="times in China time (UTC+8)",
+        caption_justify="left",
+    )
+    table.add_column("application", no_wrap=True)
+    table.add_column("kind", overflow="fold")
+    table.add_column("stage", overflow="fold")
+    table.add_column("step", overflow="fold")
+    table.add_column("since", overflow="fold", min_width=10)
+    table.add_column("channel", overflow="fold")
+    table.add_column("reason", overflow="fold", ratio=1)
+    table.add_column("actions", overflow="fold")
+    styles = {"needs_attention": "yellow", "overdue": "red", "failed": "bold red"}
+    for row in rows:
+        kind = str(row.get("kind", ""))
+        what = row.get("attention") or (row.get("status") if kind == "failed" else "")
+        since = row.get("since")
+        table.add_row(
+            Text(str(row.get("application_id", ""))),
+            Text.assemble((kind, styles.get(kind, "")), f"\n{what}" if what else ""),
+            Text(str(row.get("stage", ""))),
+            Text(str(row.get("step", "") or "—")),
+            Text(f"{_stacked(since)}\n{_relative(since)}" if since else "—"),
+            Text(str(row.get("channel", ""))),
+            Text(str(row.get("reason", ""))),
+            Text(", ".join(row.get("actions") or [])),
+        )
+    return table
+
+
+FAILURES_HELP = (
+    "What needs an admin (GET /api/admin/failures): applications parked for attention (with the "
+    "step, the reason and since when), past their stage deadline, or whose workflow failed, "
+    "timed out or was terminated; with what an admin may do about each. A table, or --json."
+)
+
+
+@admin_app.command("failures", help=FAILURES_HELP)
+def failures_command(
+    stage: StageOption = None,
+    kind: KindOption = None,
+    channel: ChannelOption = None,
+    older_than: OlderThanOption = None,
+    limit: Annotated[int, typer.Option(help="Rows per page (at most 500).")] = 50,
+    page: Annotated[int, typer.Option(min=1, help="Which page, from 1.")] = 1,
+    as_json: AdminJson = False,
+    gateway_url: AdminGatewayUrl = "",
+    token: AdminToken = None,
+) -> None:
+    """`posflow admin failures` (its help is `FAILURES_HELP`)."""
+    from workers.logging import masked
+
+    url = gateway_url or _default_url()
+    offset = (page - 1) * limit
+    params = _failure_params(stage, kind, channel, older_than, limit, offset)
+    data = masked(_read_failures(url, _admin_token(url, token), params))
+    if as_json:
+        typer.echo(json.dumps(data, ensure_ascii=False, indent=2))
+        return
+    rows = data["failures"]
+    total = int(data.get("total", len(rows)))
+    for problem in data.get("problems") or []:
+        progress_console.print(f"[yellow]incomplete:[/] {escape(str(problem))}")
+    if rows:
+        console.print(_failures_table(rows))
+        first, last = offset + 1, offset + len(rows)
+        more = f"; next page: --page {page + 1}" if last < total else ""
+        console.print(f"showing {first}–{last} of {total}{more}")
+    elif total:
+        console.print(f"nothing on page {page}: {total} match in all")
+    else:
+        console.print("nothing needs an admin")
+
+
+# --- choosing the cases -------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    """One application a bulk action touches, and what became of it."""
+
+    application_id: str
+    request_id: str = ""
+    selected_by: str = "id"  # id | failures | query
+    kind: str = ""  # from the failures list: needs_attention | overdue | failed
+    stage: str = ""
+    step: str = ""
+    skip_reason: str = ""  # not sent: the failures list does not offer this action for it
+    outcome: str = ""  # applied | duplicate | pending | refused | failed | skipped
+    status: int | None = None
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("skip_reason")
+        return data
+
+
+def request_id_for(batch: str, verb: str, application_id: str) -> str:
+    """`<batch>:<verb>:<application>`, within the 80 characters an id may have (a long
+    application id is replaced by its hash)."""
+    import hashlib
+
+    request_id = f"{batch}:{verb}:{application_id}"
+    if len(request_id) > 80:
+        digest = hashlib.sha256(application_id.encode()).hexdigest()[:24]
+        request_id = f"{batch[:40]}:{verb}:{digest}"
+    return request_id
+
+
+def _by_filter(
+    url: str, token: str | None, verb: str, filters: dict[str, str | None], limit: int | None
+) -> list[Case]:
+    """Every case on the failures list the filters select; those the list does not offer `verb`
+    for are kept as skipped, with why."""
+    cases: list[Case] = []
+    offset = 0
+    while True:
+        params = _failure_params(
+            filters["stage"],
+            filters["kind"],
+            filters["channel"],
+            filters["older_than"],
+            PAGE,
+            offset,
+        )
+        data = _read_failures(url, token, params)
+        for problem in data.get("problems") or []:
+            progress_console.print(f"[yellow]incomplete:[/] {escape(str(problem))}")
+        for row in data["failures"]:
+            actions = row.get("actions") or []
+            case = Case(
+                application_id=str(row["application_id"]),
+                selected_by="failures",
+                kind=str(row.get("kind", "")),
+                stage=str(row.get("stage", "")),
+                step=str(row.get("step", "")),
+            )
+            if verb not in actions:
+                case.skip_reason = (
+                    f"not offered for this case ({case.kind}; offered: "
+                    f"{', '.join(actions) or 'nothing'})"
+                )
+            cases.append(case)
+        offset += len(data["failures"])
+        if not data["failures"] or offset >= int(data.get("total", 0)):
+            break
+        if limit is not None and len(cases) >= limit:
+            break
+    return cases[:limit] if limit is not None else cases
+
+
+async def _by_visibility(query: str, limit: int | None) -> list[Case]:
+    """The onboarding workflows a visibility query selects, read with the admin's own access
+    to Temporal (TEMPORAL_ADDRESS...). The query goes to Temporal as given, never through the
+    gateway; only `PosOnboarding` workflows are kept, each acted on through the gateway."""
+    client = await _client()
+    cases: list[Case] = []
+    seen: set[str] = set()
+    try:
+        async for execution in client.list_workflows(query):
+            application_id = application_id_of(execution.id)
+            if (
+                execution.workflow_type != "PosOnboarding"
+                or application_id is None
+                or application_id in seen
+            ):
+                continue
+            seen.add(application_id)
+            cases.append(Case(application_id=application_id, selected_by="query"))
+            if limit is not None and len(cases) >= limit:
+                break
+    except RPCError as err:
+        raise CannotCheck(
+            f"the server refused the query: {err.message or err.status.name}"
+        ) from err
+    return cases
+
+
+def _select(
+    url: str,
+    token: str | None,
+    verb: str,
+    ids: list[str] | None,
+    filters: dict[str, str | None],
+    every_failure: bool,
+    query: str | None,
+    limit: int | None,
+    batch: str,
+) -> list[Case]:
+    by_filter = every_failure or any(v is not None for v in filters.values())
+    chosen = [
+        name for name, given in (("ID", ids), ("filters", by_filter), ("--query", query)) if given
+    ]
+    if len(chosen) != 1:
+        _fail(
+            "choose the cases with exactly one of: application ids; --failures and/or the "
+            "filters --stage, --kind, --channel, --older-than; --query"
+        )
+    if ids:
+        cases = [Case(application_id=i) for i in dict.fromkeys(ids)]
+        cases = cases[:limit] if limit is not None else cases
+    elif query is not None:
+        try:
+            cases = asyncio.run(_by_visibility(query, limit))
+        except CannotCheck as err:
+            _fail(str(err))
+    else:
+        cases = _by_filter(url, token, verb, filters, limit)
+    for case in cases:
+        case.request_id = request_id_for(batch, verb, case.application_id)
+    return cases
+
+
+# --- sending them ---------------------------------------------------------------------------------
+
+
+@dataclass
+class BulkReport:
+    verb: str
+    batch: str
+    dry_run: bool
+    cases: list[Case]
+    seconds: float = 0.0
+
+    def counts(self) -> dict[str, int]:
+        counted: dict[str, int] = {}
+        for case in self.cases:
+            key = case.outcome or ("would skip" if case.skip_reason else "would send")
+            counted[key] = counted.get(key, 0) + 1
+        return counted
+
+    @property
+    def refused(self) -> list[Case]:
+        return [c for c in self.cases if c.outcome in ("refused", "failed")]
+
+    def to_json(self) -> dict[str, Any]:
+        sent = sum(1 for c in self.cases if c.outcome not in ("", "skipped"))
+        return {
+            "verb": self.verb,
+            "batch": self.batch,
+            "dry_run": self.dry_run,
+            "cases": [c.to_json() for c in self.cases],
+            "summary": self.counts(),
+            "seconds": round(self.seconds, 3),
+            "per_second": round(sent / self.seconds, 1) if self.seconds > 0 else 0.0,
+        }
+
+
+class _Fatal(Exception):
+    """The gateway refused the credential: no case can succeed."""
+
+
+async def _send_one(http: Any, verb: str, case: Case, body: dict[str, Any]) -> None:
+    """One action, answered: applied, duplicate, pending, refused (with the gateway's reason),
+    or failed (no answer, or still unavailable after ATTEMPTS)."""
+    from urllib.parse import quote
+
+    import httpx
+
+    path = f"/api/admin/applications/{quote(case.application_id, safe='')}/{verb}"
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            response = await http.post(path, json={**body, "request_id": case.request_id})
+        except httpx.HTTPError as err:
+            case.outcome, case.detail = (
+                "failed",
+                f"no answer from the gateway ({type(err).__name__})",
+            )
+            if attempt == ATTEMPTS:
+                return
+            await asyncio.sleep(1.0)
+            continue
+        case.status = response.status_code
+        if response.status_code in (401, 403):
+            _, message, _, _ = _refusal(response)
+            raise _Fatal(f"{message} (HTTP {response.status_code}): pass an admin token")
+        if response.status_code in (200, 202):
+            answer = response.json()
+            case.outcome = str(answer.get("outcome", "applied"))
+            case.detail = str(answer.get("detail", ""))
+            return
+        error, message, fields, retry = _refusal(response)
+        detail = f"{error}: {message}" if error else message
+        if fields:
+            detail += " (" + "; ".join(f"{k}: {v}" for k, v in fields.items()) + ")"
+        if retry and attempt < ATTEMPTS:
+            after = response.headers.get("Retry-After", "1")
+            await asyncio.sleep(min(float(after) if after.isdigit() else 1.0, RETRY_AFTER_CAP))
+            continue
+        case.outcome = "failed" if response.status_code >= 500 else "refused"
+        case.detail = detail
+        return
+
+
+async def send_all(
+    url: str,
+    token: str | None,
+    verb: str,
+    cases: list[Case],
+    body: dict[str, Any],
+    rate: float,
+    on_done: Any = None,
+) -> None:
+    """Send `verb` for every case not skipped, starting at most `rate` a second and keeping at
+    most MAX_IN_FLIGHT waiting; `on_done(case)` after each."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    gate = asyncio.Semaphore(MAX_IN_FLIGHT)
+    started = time.monotonic()
+    async with httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, timeout=60) as http:
+
+        async def one(case: Case) -> None:
+            try:
+                await _send_one(http, verb, case, body)
+            finally:
+                gate.release()
+                if on_done is not None:
+                    on_done(case)
+
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for n, case in enumerate(c for c in cases if not c.skip_reason):
+                delay = started + n / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await gate.acquire()
+                tasks.append(asyncio.create_task(one(case)))
+                if any(t.done() and t.exception() is not None for t in tasks):
+                    break
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+    for case in cases:
+        if case.skip_reason:
+            case.outcome, case.detail = "skipped", case.skip_reason
+
+
+def _bulk_progress(total: int, show: bool) -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[rate]}"),
+        console=progress_console,
+        transient=True,
+        disable=not (show and progress_console.is_terminal),
+    )
+
+
+def _print_bulk(report: BulkReport) -> None:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    styles = {
+        "applied": "green",
+        "duplicate": "cyan",
+        "pending": "yellow",
+        "refused": "bold red",
+        "failed": "bold red",
+        "skipped": "dim",
+    }
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("application", no_wrap=True)
+    if report.dry_run:
+        table.add_column("kind")
+        table.add_column("stage")
+        table.add_column("step")
+        table.add_column("would")
+        table.add_column("request id", overflow="fold")
+    else:
+        table.add_column("outcome", no_wrap=True)
+        table.add_column("detail", overflow="fold", ratio=1)
+    for case in report.cases:
+        if report.dry_run:
+            would = f"skip: {case.skip_reason}" if case.skip_reason else report.verb
+            table.add_row(
+                Text(case.application_id),
+                Text(case.kind or "—"),
+                Text(case.stage or "—"),
+                Text(case.step or "—"),
+                Text(would, style="dim" if case.skip_reason else ""),
+                Text(case.request_id),
+            )
+        else:
+            table.add_row(
+                Text(case.application_id),
+                Text(case.outcome, style=styles.get(case.outcome, "")),
+                Text(case.detail),
+            )
+    console.print(table)
+    counts = ", ".join(f"{n} {what}" for what, n in sorted(report.counts().items()))
+    if report.dry_run:
+        console.print(
+            f"dry run: {len(report.cases)} selected ({counts or 'none'}); nothing was sent "
+            f"(batch {report.batch})"
+        )
+        return
+    sent = sum(1 for c in report.cases if c.outcome not in ("", "skipped"))
+    pace = f", {sent / report.seconds:.1f}/s" if report.seconds > 0 and sent else ""
+    verdict = (
+        f"[bold red]{len(report.refused)} refused or failed[/]"
+        if report.refused
+        else "none refused"
+    )
+    console.print(
+        f"{report.verb}: {len(report.cases)} cases — {counts or 'none'}; {verdict} "
+        f"(in {report.seconds:.2f} s{pace}; batch {report.batch}: run again with "
+        f"--batch {report.batch} to resend, answered duplicate where done)"
+    )
+
+
+def run_bulk(
+    verb: str,
+    *,
+    ids: list[str] | None,
+    every_failure: bool,
+    filters: dict[str, str | None],
+    query: str | None,
+    limit: int | None,
+    reason: str,
+    period: str | None,
+    dry_run: bool,
+    rate: float,
+    batch: str | None,
+    as_json: bool,
+    gateway_url: str,
+    token: str | None,
+) -> BulkReport:
+    """`posflow admin <verb>`: select, send at the rate, report; exit 1 if any was refused."""
+    import uuid
+
+    if rate <= 0:
+        _fail("--rate must be more than 0")
+    if not reason.strip():
+        _fail("--reason must say why (1-500 characters)")
+    url = gateway_url or _default_url()
+    token = _admin_token(url, token)
+    batch = batch or f"cli-{uuid.uuid4().hex[:10]}"
+    cases = _select(url, token, verb, ids, filters, every_failure, query, limit, batch)
+    report = BulkReport(verb, batch, dry_run, cases)
+    body: dict[str, Any] = {"reason": reason}
+    if period is not None:
+        body["period"] = period
+    if not dry_run and cases:
+        to_send = sum(1 for c in cases if not c.skip_reason)
+        started = time.perf_counter()
+        with _bulk_progress(to_send, show=not as_json) as progress:
+            task = progress.add_task(verb, total=to_send, rate="")
+            refused = 0
+
+            def advance(case: Case) -> None:
+                nonlocal refused
+                refused += case.outcome in ("refused", "failed")
+                done = progress.tasks[task].completed + 1
+                pace = done / max(time.perf_counter() - started, 1e-9)
+                label = f"{verb}, [red]{refused} refused[/]" if refused else verb
+                progress.update(task, advance=1, description=label, rate=f"{pace:.1f}/s")
+
+            try:
+                asyncio.run(send_all(url, token, verb, cases, body, rate, advance))
+            except _Fatal as err:
+                progress_console.print(f"[bold red]error:[/] {escape(str(err))}")
+                raise typer.Exit(1) from err
+        report.seconds = time.perf_counter() - started
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), ensure_ascii=False, indent=2))
+    else:
+        _print_bulk(report)
+    if report.refused:
+        raise typer.Exit(1)
+    return report
+
+
+IdsArgument = Annotated[
+    list[str] | None, typer.Argument(metavar="[ID]...", help="Application ids.", show_default=False)
+]
+EveryFailureOption = Annotated[
+    bool,
+    typer.Option(
+        "--failures",
+        help="Every case on the failures list (narrowed by --stage, --kind, --channel, "
+        "--older-than; any of those alone implies it). Cases the list does not offer the action "
+        "for are skipped, and said so.",
+    ),
+]
+QueryOption = Annotated[
+    str | None,
+    typer.Option(
+        "--query",
+        help="A Temporal visibility query, e.g. \"ExecutionStatus='Running' AND "
+        "PosStage='delivering'\", run with your own access to Temporal (TEMPORAL_ADDRESS...); "
+        "only PosOnboarding workflows are kept, each acted on through the gateway.",
+        show_default=False,
+    ),
+]
+LimitOption = Annotated[
+    int | None, typer.Option("--limit", min=1, help="At most this many cases.", show_default=False)
+]
+RateOption = Annotated[float, typer.Option("--rate", help="Requests started per second, at most.")]
+BatchOption = Annotated[
+    str | None,
+    typer.Option(
+        "--batch",
+        help="The batch id the request ids are made from (default: a new one); the same batch "
+        "again resends, answered duplicate where it was done.",
+        show_default=False,
+    ),
+]
+
+BULK_HELP = (
+    "Choose the cases by id, by the failures list (--failures, --stage, --kind, --channel, "
+    "--older-than) or by a visibility query (--query). Each is sent with --reason at --rate a "
+    "second at most and reported (applied, duplicate, pending, refused with the reason, failed); "
+    "--dry-run lists them and sends nothing. Exit code 1 if any was refused or failed."
+)
+
+
+def _bulk_command(verb: str, summary: str) -> None:
+    def command(
+        reason: ReasonOption,
+        ids: IdsArgument = None,
+        every_failure: EveryFailureOption = False,
+        stage: StageOption = None,
+        kind: KindOption = None,
+        channel: ChannelOption = None,
+        older_than: OlderThanOption = None,
+        query: QueryOption = None,
+        limit: LimitOption = None,
+        dry_run: DryRunOption = False,
+        rate: RateOption = DEFAULT_RATE,
+        batch: BatchOption = None,
+        as_json: AdminJson = False,
+        gateway_url: AdminGatewayUrl = "",
+        token: AdminToken = None,
+    ) -> None:
+        run_bulk(
+            verb,
+            ids=ids,
+            every_failure=every_failure,
+            filters={"stage": stage, "kind": kind, "channel": channel, "older_than": older_than},
+            query=query,
+            limit=limit,
+            reason=reason,
+            period=None,
+            dry_run=dry_run,
+            rate=rate,
+            batch=batch,
+            as_json=as_json,
+            gateway_url=gateway_url,
+            token=token,
+        )
+
+    command.__name__ = f"{verb}_command"
+    admin_app.command(verb, help=f"{summary}\n\n{BULK_HELP}")(command)
+
+
+_bulk_command("retry", "Re-run the step each case is parked on (an overdue wait: ask again).")
+_bulk_command("skip", "Skip the compensation each case is parked on, done by hand.")
+_bulk_command("withdraw", "Withdraw each application; what was done is undone in reverse.")
+
+
+@admin_app.command(
+    "extend",
+    help=f"Give each overdue wait another period (--period, or the stage's own).\n\n{BULK_HELP}",
+)
+def extend_command(
+    reason: ReasonOption,
+    ids: IdsArgument = None,
+    period: Annotated[
+        str | None,
+        typer.Option(
+            "--period", help="ISO 8601 duration from now, e.g. P3D; default: the stage's own."
+        ),
+    ] = None,
+    every_failure: EveryFailureOption = False,
+    stage: StageOption = None,
+    kind: KindOption = None,
+    channel: ChannelOption = None,
+    older_than: OlderThanOption = None,
+    query: QueryOption = None,
+    limit: LimitOption = None,
+    dry_run: DryRunOption = False,
+    rate: RateOption = DEFAULT_RATE,
+    batch: BatchOption = None,
+    as_json: AdminJson = False,
+    gateway_url: AdminGatewayUrl = "",
+    token: AdminToken = None,
+) -> None:
+    run_bulk(
+        "extend",
+        ids=ids,
+        every_failure=every_failure,
+        filters={"stage": stage, "kind": kind, "channel": channel, "older_than": older_than},
+        query=query,
+        limit=limit,
+        reason=reason,
+        period=period,
+        dry_run=dry_run,
+        rate=rate,
+        batch=batch,
+        as_json=as_json,
+        gateway_url=gateway_url,
+        token=token,
+    )
+
+
+# --- reset ----------------------------------------------------------------------------------------
+
+
+RESET_HELP = (
+    "Reset one application's latest run to the start of a stage (POST "
+    "/api/admin/applications/ID/reset): what came before is kept, the stage's steps run again "
+    "with the same idempotency keys, and the new run's id is printed.\n\n"
+    "--dry-run shows the reset point (the workflow task that entered the stage, and when) and "
+    "changes nothing. The gateway reads it from the history (GET .../reset-point), so an admin "
+    "token is all it takes: no access to Temporal is needed. Exit code 1 when refused (the run "
+    "never entered the stage, no such application), 2 for an invalid option."
+)
+
+
+@admin_app.command("reset", help=RESET_HELP)
+def reset_command(
+    application_id: Annotated[str, typer.Argument(metavar="ID", help="The application id.")],
+    to_stage: Annotated[
+        str, typer.Option("--to-stage", help="The stage to run again from its start.")
+    ],
+    reason: ReasonOption,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Show the reset point (the workflow task that entered the stage, when) and "
+            "change nothing.",
+        ),
+    ] = False,
+    request_id: Annotated[
+        str | None,
+        typer.Option(
+            "--request-id",
+            help="The reset's id (default: a new one); the same id again is answered with the "
+            "first reset, not a second.",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: AdminJson = False,
+    gateway_url: AdminGatewayUrl = "",
+    token: AdminToken = None,
+) -> None:
+    """`posflow admin reset` (its help is `RESET_HELP`)."""
+    import uuid
+    from urllib.parse import quote
+
+    import httpx
+
+    from cli.apps import GatewayError, _when
+
+    url = (gateway_url or _default_url()).rstrip("/")
+    token = _admin_token(url, token)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    path = f"/api/admin/applications/{quote(application_id, safe='')}"
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
+            if dry_run:
+                response = http.get(f"{path}/reset-point", params={"to_stage": to_stage})
+            else:
+                body = {
+                    "request_id": request_id or f"cli-reset-{uuid.uuid4().hex[:12]}",
+                    "to_stage": to_stage,
+                    "reason": reason,
+                }
+                response = http.post(f"{path}/reset", json=body)
+    except httpx.HTTPError as err:
+        _gateway_failed(GatewayError(f"cannot reach the gateway at {url} ({type(err).__name__})"))
+    if not response.is_success:
+        error, message, fields, _ = _refusal(response)
+        status = response.status_code
+        hint = "; pass an admin token with --token or POSFLOW_TOKEN" if status in (401, 403) else ""
+        _gateway_failed(
+            GatewayError(
+                f"{error}: {message} (HTTP {status}){hint}" if error else message,
+                fields,
+                code=2 if status == 422 else 1,
+                status=status,
+            )
+        )
+    data = response.json()
+    if as_json:
+        typer.echo(json.dumps(data, ensure_ascii=False, indent=2))
+        return
+    if dry_run:
+        run = f"{data['workflow_id']} run {data['run_id']} ({data['status']})"
+        console.print(
+            f"would reset {escape(run)} to the start of [bold]{escape(str(data['stage']))}[/]:"
+        )
+        console.print(
+            f"  reset point: workflow task event {data['workflow_task_event_id']}; the stage was "
+            f"entered at event {data['entered_event_id']}, {_when(data.get('entered_at'))} "
+            "(China time)"
+        )
+        visited = ", ".join(
+            f"{e['stage']} (event {e['entered_event_id']})" for e in data.get("entries") or []
+        )
+        console.print(f"  stages entered: {escape(visited)}")
+        console.print("  dry run: nothing was changed")
+        return
+    verb = "already reset" if data.get("outcome") == "duplicate" else "reset"
+    console.print(
+        f"[green]✓[/] {verb} {escape(str(data['workflow_id']))} to the start of "
+        f"[bold]{escape(str(data['stage']))}[/] (workflow task event "
+        f"{data['workflow_task_event_id']}); new run {escape(str(data['new_run_id']))} "
+        f"(was {escape(str(data['old_run_id']))})"
+    )
