@@ -220,7 +220,9 @@ async def applications(request: Request, viewer: Viewer) -> Response:
     try:
         number = max(1, int(page_number))
         wanted = ListFilter.model_validate({"limit": 50, **params})
-        wanted = wanted.model_copy(update={"offset": (number - 1) * wanted.limit})
+        # Validated with the page's offset, not copied in: a page past the bound is refused.
+        offset = (number - 1) * wanted.limit
+        wanted = ListFilter.model_validate({**wanted.model_dump(), "offset": offset})
         problems: dict[str, str] = {}
     except (ValidationError, ValueError) as err:
         number, wanted = 1, ListFilter()

@@ -162,6 +162,7 @@ class SeenSignature(SQLModel, table=True):
 TABLES = [ApplicationRecord, StageVisitRecord, MessageRecord, SeenSignature]
 
 SortKey = Literal["deadline", "started", "updated", "stage_entered"]
+MAX_OFFSET = 2**31 - 1
 
 
 class ListFilter(BaseModel):
@@ -179,7 +180,8 @@ class ListFilter(BaseModel):
     q: str | None = PydanticField(default=None, max_length=100)  # id or merchant name
     sort: SortKey = "deadline"
     limit: int = PydanticField(default=50, ge=1, le=500)
-    offset: int = PydanticField(default=0, ge=0)
+    # Bounded by what every database's OFFSET takes (past 2**63, SQLite's was a 500).
+    offset: int = PydanticField(default=0, ge=0, le=MAX_OFFSET)
 
 
 class Overview(BaseModel):

@@ -709,3 +709,22 @@ async def test_every_operation_declares_what_its_guard_and_the_body_limit_answer
                 assert "401" in declared, (method, path)
             if "requestBody" in operation:
                 assert "413" in declared, (method, path)
+
+
+async def test_a_page_past_what_the_store_can_count_to_is_refused_never_500(tmp_path: Path) -> None:
+    """An offset past 2**63 was a 500 (SQLite's INTEGER), through the API and the dashboard's
+    page number; the bound is in the OpenAPI description, so the fuzzer tries it."""
+    async with asgi(offline(tmp_path), cookies={COOKIE: VIEWER}) as http:
+        for offset in (2**63, 10**30):
+            answer = await http.get(
+                "/api/applications", params={"offset": offset}, headers=bearer(VIEWER)
+            )
+            assert answer.status_code == 422, answer.text
+            assert set(answer.json()["fields"]) == {"offset"}
+        spec = (await http.get("/openapi.json", headers=bearer(VIEWER))).json()
+        page = await http.get("/ui/applications", params={"page": 10**30})
+        assert page.status_code == 422 and "<b>offset</b>" in page.text  # the page, named
+    listing = {
+        p["name"]: p["schema"] for p in spec["paths"]["/api/applications"]["get"]["parameters"]
+    }
+    assert listing["offset"]["maximum"] == 2**31 - 1
