@@ -28,6 +28,12 @@ up: compile
 bench: compile
 	$(BIN)/python -m bench.list_latency
 
+# How long a bulk `posflow admin retry` of 100 parked cases takes, on a local dev server with the
+# gateway and the real CLI (bench/bulk_retry.py; about a minute; not part of `make test`).
+.PHONY: bench-bulk-retry
+bench-bulk-retry: compile
+	$(BIN)/python -m bench.bulk_retry
+
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
