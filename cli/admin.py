@@ -1276,10 +1276,12 @@ def _select(
         cases = [Case(application_id=i) for i in dict.fromkeys(ids)]
         cases = cases[:limit] if limit is not None else cases
     elif query is not None:
+        from workers.codec import KeyRingError
+
         try:
             cases = asyncio.run(_by_visibility(query, limit))
-        except CannotCheck as err:
-            _fail(str(err))
+        except (CannotCheck, KeyRingError) as err:  # the client is built as the workers' are
+            _fail(f"--query: {err}")
     else:
         cases = _by_filter(url, token, verb, filters, limit)
     for case in cases:
