@@ -77,6 +77,7 @@ class ApplicationRecord(SQLModel, table=True):
     ended_at: datetime | None = Field(default=None, index=True)
     outcome_reason: str = ""
     version: int = 0  # of the last snapshot applied; 0: only the gateway's own start record
+    run_id: str = ""  # the run whose snapshots are applied; "": the first run to send one
     application: str = ""  # the application as submitted, JSON, masked: the merchant file
     # SHA-256 of the masked application and its policy as started: the same application id sent
     # again with another body is refused, the same body is an idempotent repeat.
@@ -281,11 +282,15 @@ class Store:
         snapshots delivered at once cannot leave the older one in place.
         """
         values = self._values(snapshot)
+        run_ok = col(ApplicationRecord.run_id) == snapshot.run_id
+        if snapshot.run_id:
+            run_ok = or_(run_ok, col(ApplicationRecord.run_id) == "")
         with self.session() as session:
             result = session.execute(
                 update(ApplicationRecord)
                 .where(col(ApplicationRecord.application_id) == snapshot.application_id)
                 .where(col(ApplicationRecord.version) < snapshot.version)
+                .where(run_ok)
                 .values(**values)
             )
             applied = bool(result.rowcount)  # type: ignore[attr-defined]
@@ -320,6 +325,17 @@ class Store:
             session.commit()
             return True, snapshot.version
 
+    def follow_run(self, application_id: str, run_id: str) -> None:
+        """After a reset: the list follows the new run's snapshots from now on (numbered from the
+        reset point, lower than the old run's), and ignores the old run's late ones."""
+        with self.session() as session:
+            session.execute(
+                update(ApplicationRecord)
+                .where(col(ApplicationRecord.application_id) == application_id)
+                .values(run_id=run_id, version=0)
+            )
+            session.commit()
+
     @staticmethod
     def _values(snapshot: Projection) -> dict[str, Any]:
         attention = snapshot.attention
@@ -346,6 +362,7 @@ class Store:
             "ended_at": at(snapshot.ended_at),
             "outcome_reason": mask_text(snapshot.outcome_reason),
             "version": snapshot.version,
+            "run_id": snapshot.run_id,
             "updated_at": _now(),
         }
 

@@ -199,7 +199,10 @@ class Projection(Model):
 
     application_id: str
     workflow_id: str
-    version: int
+    version: int  # numbered within its run
+    # The run that sent it: after an admin's reset the new run's numbering takes over, and a
+    # late snapshot of the old run is ignored. "" from runs that did not say.
+    run_id: str = ""
     channel: str
     merchant_type: str
     merchant_name: str

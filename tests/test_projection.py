@@ -180,3 +180,19 @@ def test_the_worker_signs_snapshots_with_its_secret_from_the_credentials_file(
     monkeypatch.delenv("POSFLOW_WORKER_SECRET")
     with pytest.raises(CredentialsError, match="chmod 600"):
         worker_secret()
+
+
+def test_after_a_reset_the_new_runs_snapshots_take_over(store: Store) -> None:
+    """A reset's new run numbers its snapshots from the reset point, below the old run's: once
+    the gateway follows the new run, they apply, and the old run's late ones no longer do."""
+    old = snapshot("A9", 30, [(DOCS, 0), (REVIEW, 2), (CONTRACT, 5)]).model_copy(
+        update={"run_id": "run-old"}
+    )
+    assert store.apply(old) == (True, 30)
+    store.follow_run("A9", "run-new")
+    new = snapshot("A9", 21, [(DOCS, 0), (REVIEW, 2)]).model_copy(update={"run_id": "run-new"})
+    assert store.apply(new) == (True, 21)
+    late = old.model_copy(update={"version": 31})
+    assert store.apply(late) == (False, 21)
+    row = store.application("A9")
+    assert row is not None and row.stage == "in_review" and row.run_id == "run-new"

@@ -265,6 +265,7 @@ class Case:
             application_id=app.application_id,
             workflow_id=app.workflow_id,
             version=version,
+            run_id=workflow.info().run_id,
             channel=app.channel.value,
             merchant_type=app.merchant.merchant_type.value,
             merchant_name=app.merchant.name,

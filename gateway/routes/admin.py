@@ -412,6 +412,7 @@ async def take_reset(
             _keep_refused_reset, store, forwarder, err, application_id, body, actor
         )
         raise
+    await asyncio.to_thread(store.follow_run, application_id, done.new_run_id)
     entered_at = (
         point.view.entered_at
         if (point.view.entered_event_id == done.point.entered_event_id)
