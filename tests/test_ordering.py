@@ -374,6 +374,19 @@ async def test_a_submission_being_validated_at_the_deadline_is_counted(bench: Be
     assert result.complete
     status = await run.at(Stage.IN_REVIEW)
     assert status.documents.outstanding == []
+    # The next round has a deadline of its own: the merchant's supplement is taken (found in
+    # the demo: the first round's passed deadline refused the second round's documents).
+    del bench.services.gates[act.VALIDATE_DOCUMENTS]
+    notice = bench.services.hold(act.NOTIFY_MERCHANT)  # the request for more is slow to go out
+    await run.decide(
+        ReviewOutcome.NEEDS_MORE_INFO, required_documents=[DocumentKind.PREMISES_PHOTOS]
+    )
+    await run.until(lambda s: s.round == 2, "round 2")
+    await bench.services.started[act.NOTIFY_MERCHANT].wait()
+    photos = [d for d in valid_documents(run.app) if d.kind is DocumentKind.PREMISES_PHOTOS]
+    assert (await run.submit(photos)).complete
+    notice.set()
+    await run.until(lambda s: s.stage is Stage.IN_REVIEW and s.round == 2, "round 2 review")
 
 
 async def test_a_deposit_paid_while_closing_is_taken_and_refunded(bench: Bench) -> None:

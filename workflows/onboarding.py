@@ -102,11 +102,11 @@ class PosOnboarding:
     async def collect_documents(self) -> None:
         started = workflow.now()
         deadline = started + self.policy.document_deadline
+        self._documents_closed = False  # a new round: an earlier round's deadline is not this one
         self.case.enter(Stage.COLLECTING_DOCUMENTS, deadline)
         if self.case.requested_documents:
             kinds = ", ".join(k.value for k in self.case.requested_documents)
             await self.notify(steps.Notice.MORE_INFORMATION_NEEDED, f"please supply again: {kinds}")
-        self._documents_closed = False
         complete = await self.wait_with_reminders(
             lambda: not self.case.outstanding(),
             started,
