@@ -152,7 +152,16 @@ _identifier_rule = _text_rule(identifier=True)
 
 def _mobile(value: Any, info: ValidationInfo) -> Any:
     value = _identifier_rule(value, info)
-    return normalise_mobile(value) if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    # Dropping the separators can bring together characters NFKC then composes ("A" + " ̈"
+    # → "Ä"): normalise until nothing changes, so a stored number reads back as itself.
+    for _ in range(4):
+        again = unicodedata.normalize("NFKC", normalise_mobile(value))
+        if again == value:
+            break
+        value = again
+    return value
 
 
 MobileNumber = Annotated[str, BeforeValidator(_mobile)]

@@ -470,3 +470,10 @@ def test_a_stored_application_validates_to_itself(build: Any, legacy: bool) -> N
     app = build(legacy=legacy)
     assert Application.model_validate(app.model_dump()) == app
     assert Application.model_validate_json(app.model_dump_json()) == app
+
+
+def test_a_mobile_that_normalises_in_two_steps_reads_back_as_itself() -> None:
+    """Found by the property above in CI: NFKC turns U+00A8 into a space and a combining mark,
+    dropping the space lets the mark compose with the letter before it."""
+    once = Probe.model_validate({"mobile": "A\u00a8"}).mobile
+    assert Probe.model_validate({"mobile": once}).mobile == once
