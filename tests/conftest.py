@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -21,6 +22,12 @@ from tests.scenario import Bench
 from tests.standins import StandIns
 from workers.codec import KEYRING_ENV, KEYRING_FILE_ENV, KeyRing
 from workers.temporal import build_worker, data_converter, register_search_attributes
+
+# CI explores the same examples on every run, so a red build is one anyone can reproduce;
+# a developer's runs keep exploring new ones (and print the blob that reproduces a failure).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 BIN = Path(sys.executable).parent
 
