@@ -30,7 +30,7 @@ from gateway.errors import TEMPORAL_UNAVAILABLE, ApiError, refusal, temporal_err
 from gateway.limits import excerpt, valid_id
 from gateway.metrics import GatewayMetrics
 from gateway.store import MessageRecord, Store
-from schemas.messages import Ack, Refusal, SubmissionResult
+from schemas.messages import Ack, Refusal, SubmissionResult, message_id
 
 PENDING_DETAIL = "accepted: the application applies it as soon as the step it refers to is recorded"
 # A receipt with one of these outcomes means the workflow has the message: a resend is a duplicate.
@@ -361,7 +361,8 @@ def _outcome_of(err: ApiError) -> str:
 
 
 def message_id_of(payload: BaseModel) -> str:
-    for name in ("decision_id", "event_id", "request_id", "submission_id"):
-        if (value := getattr(payload, name, None)) is not None:
-            return str(value)
-    return ""
+    """The message's id as the workflow acknowledges it; "" for a body that carries none."""
+    try:
+        return message_id(payload)
+    except TypeError:
+        return ""
