@@ -23,6 +23,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class PortHold:
+    """Free loopback ports held bound until each is released just before it is served: between
+    choosing a port and serving on it, a dev server starting meanwhile binds ephemeral ports of
+    its own and could take it (seen once: 'address already in use')."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self._sockets: dict[str, socket.socket] = {}
+        for name in names:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", 0))
+            self._sockets[name] = sock
+        self.ports = {name: int(s.getsockname()[1]) for name, s in self._sockets.items()}
+
+    def release(self, name: str) -> int:
+        self._sockets.pop(name).close()
+        return self.ports[name]
+
+    def close(self) -> None:
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
+
+
 @asynccontextmanager
 async def serving(app: FastAPI, port: int | None = None) -> AsyncIterator[str]:
     """Serve `app` (lifespan included) until the block ends; yields its base URL."""

@@ -23,7 +23,7 @@ from services.base import Service, ServiceConfig
 from services.review import stable_bucket
 from services.stack import Served, serve, stop_all
 from tests.factories import individual_application, valid_documents
-from tests.servers import free_port
+from tests.servers import PortHold, free_port
 from workers.config import TemporalSettings
 from workers.dev_server import DevServer
 from workers.main import run_worker
@@ -144,7 +144,8 @@ def new_application() -> Application:
 @pytest.fixture(scope="session")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     home: Path = tmp_path_factory.mktemp("posflow")
-    ports = {name: free_port() for name in (*SERVICES, "gateway")}
+    held = PortHold((*SERVICES, "gateway"))
+    ports = held.ports
     gateway_url = f"http://127.0.0.1:{ports['gateway']}"
     saved = dict(os.environ)
     os.environ.update(
@@ -182,7 +183,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
                 options=automation[name],
             )
         )
-        served[name] = await serve(name, services[name].app, ports[name])
+        served[name] = await serve(name, services[name].app, held.release(name))
     client = await connect(settings)
     gateway_app = create_app(
         client,
@@ -194,7 +195,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
             merchant_keys={MERCHANT_KEY: "all"},
         ),
     )
-    served["gateway"] = await serve("gateway", gateway_app, ports["gateway"])
+    served["gateway"] = await serve("gateway", gateway_app, held.release("gateway"))
     admin = {"Authorization": f"Bearer {TOKENS['admin']}"}
     async with httpx.AsyncClient(base_url=gateway_url, timeout=30, headers=admin) as http:
         yield Stack(
