@@ -38,6 +38,21 @@ SCHEDULE_TRAINING: Final = "schedule_training"
 CANCEL_TRAINING: Final = "cancel_training"
 ENABLE_ACQUIRING: Final = "enable_acquiring"
 
+# After go-live: the merchant's account.
+VALIDATE_SETTLEMENT: Final = "validate_settlement"
+PROJECT_MERCHANT: Final = "project_merchant"
+ISSUE_BILL: Final = "issue_bill"
+REFUND_PAYMENT: Final = "refund_payment"
+TERMINATE_CONTRACT: Final = "terminate_contract"
+CHANGE_ACQUIRING: Final = "change_acquiring"
+REGISTER_MORE_TERMINALS: Final = "register_more_terminals"
+SWAP_TERMINAL: Final = "swap_terminal"
+UNBIND_TERMINAL: Final = "unbind_terminal"
+BIND_SETTLEMENT: Final = "bind_settlement"
+RETIRE_MERCHANT: Final = "retire_merchant"
+OPEN_REBINDING_REVIEW: Final = "open_rebinding_review"
+BOOK_INSPECTION: Final = "book_inspection"
+
 ALL: Final = (
     VALIDATE_DOCUMENTS,
     NOTIFY_MERCHANT,
@@ -63,4 +78,17 @@ ALL: Final = (
     SCHEDULE_TRAINING,
     CANCEL_TRAINING,
     ENABLE_ACQUIRING,
+    VALIDATE_SETTLEMENT,
+    PROJECT_MERCHANT,
+    ISSUE_BILL,
+    REFUND_PAYMENT,
+    TERMINATE_CONTRACT,
+    CHANGE_ACQUIRING,
+    REGISTER_MORE_TERMINALS,
+    SWAP_TERMINAL,
+    UNBIND_TERMINAL,
+    BIND_SETTLEMENT,
+    RETIRE_MERCHANT,
+    OPEN_REBINDING_REVIEW,
+    BOOK_INSPECTION,
 )

@@ -52,9 +52,12 @@ class EventActivities:
 
     @activity.defn(name=catalog.READ_SERVICE_EVENTS)
     async def read_service_events(self, request: steps.ReadServiceEvents) -> steps.ServiceEvents:
-        return await self.client(request.service).call(
-            "GET", path("applications", request.application_id, "events"), steps.ServiceEvents
+        where = (
+            path("merchants", request.merchant_id, "events")
+            if request.merchant_id
+            else path("applications", request.application_id, "events")
         )
+        return await self.client(request.service).call("GET", where, steps.ServiceEvents)
 
 
 def event_activities(base_urls: Mapping[str, str] | None = None) -> EventActivities:

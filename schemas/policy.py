@@ -26,6 +26,63 @@ class RiskLevel(StrEnum):
     HIGH = "high"
 
 
+class MerchantPolicy(Model):
+    """After go-live (the `MerchantAccount` workflow): the fee schedule, inspections, terminal
+    swaps, re-binding and closure. Captured with the application: a change to a channel's
+    schedule changes merchants who go live afterwards, never a running account on replay."""
+
+    # Fees (年费 / 服务费): one bill per billing period from go-live (each anniversary), the annual
+    # fee plus the service fee for each terminal in service. Money is yuan with two places.
+    annual_fee: Decimal = Field(default=Decimal("0.00"), ge=0, decimal_places=2)
+    service_fee_per_terminal: Decimal = Field(default=Decimal("0.00"), ge=0, decimal_places=2)
+    billing_period: timedelta = timedelta(days=365)
+    payment_period: timedelta = timedelta(days=30)  # from the bill to its due date
+    fee_reminders: list[timedelta] = Field(
+        default_factory=lambda: [timedelta(days=7), timedelta(days=21)]
+    )  # offsets from the bill, before the due date
+    grace_period: timedelta = timedelta(days=15)  # past the due date: then acquiring is suspended
+    # A merchant suspended this long (fees unpaid, inspection not passed) is closed (撤机).
+    suspension_limit: timedelta = timedelta(days=90)
+
+    # Inspections (巡检): how often by risk level; the result is due within inspection_deadline;
+    # a failed one gives remediation_period to put things right before the re-inspection.
+    inspection_intervals: dict[RiskLevel, timedelta] = Field(
+        default_factory=lambda: {
+            RiskLevel.LOW: timedelta(days=365),
+            RiskLevel.MEDIUM: timedelta(days=180),
+            RiskLevel.HIGH: timedelta(days=90),
+        }
+    )
+    inspection_deadline: timedelta = timedelta(days=14)
+    remediation_period: timedelta = timedelta(days=30)
+
+    # Terminal swaps (换机) and more terminals: the replacement keeps the faulty unit's TID when
+    # tid_moves_on_swap, else gets a new one (the old TID is retired, never reused).
+    tid_moves_on_swap: bool = True
+    # Re-binding (重新绑定): whether a new settlement account is reviewed before it is bound.
+    rebinding_review: bool = False
+    rebinding_review_deadline: timedelta = timedelta(days=5)
+
+    # The contract's term from go-live: the account closes at its end (合同到期).
+    contract_term: timedelta = timedelta(days=3 * 365)
+
+    # Continue-as-new when Temporal suggests it, or past this many history events.
+    history_limit: int = Field(default=5000, ge=200, le=40000)
+
+    @model_validator(mode="after")
+    def _periods_are_coherent(self) -> MerchantPolicy:
+        for offset in self.fee_reminders:
+            if not timedelta(0) < offset < self.payment_period:
+                raise ValueError("fee_reminders must fall between the bill and its due date")
+        missing = [level.value for level in RiskLevel if level not in self.inspection_intervals]
+        if missing:
+            raise ValueError(f"inspection_intervals must give every risk level: {missing}")
+        return self
+
+    def inspection_interval(self, risk: RiskLevel) -> timedelta:
+        return self.inspection_intervals[risk]
+
+
 class Policy(Model):
     channel: Channel
 
@@ -67,6 +124,9 @@ class Policy(Model):
     activity_retry_max_interval: timedelta = timedelta(seconds=60)
     activity_max_attempts: int = Field(default=5, ge=1, le=100)
 
+    # After go-live.
+    merchant: MerchantPolicy = Field(default_factory=MerchantPolicy)
+
     @model_validator(mode="after")
     def _deadlines_are_coherent(self) -> Policy:
         if self.review_sla > self.review_deadline:
@@ -89,19 +149,37 @@ class Policy(Model):
 
 
 _CHANNEL_DEFAULTS: dict[Channel, dict[str, Any]] = {
-    # Banks review longer and ask a deposit (押金); platforms are quicker and waive it.
+    # Banks review longer and ask a deposit (押金); platforms are quicker and waive it. After
+    # go-live a bank charges a service fee per terminal and reviews a new settlement account;
+    # Lakala charges an annual fee (年费) besides; the platforms a small service fee.
     Channel.BANK: {
         "review_sla": timedelta(days=7),
         "review_deadline": timedelta(days=21),
         "deposit_amount": Decimal("299.00"),
+        "merchant": {
+            "service_fee_per_terminal": Decimal("120.00"),
+            "rebinding_review": True,
+        },
     },
     Channel.LAKALA: {
         "review_sla": timedelta(days=3),
         "review_deadline": timedelta(days=10),
         "deposit_amount": Decimal("99.00"),
+        "merchant": {
+            "annual_fee": Decimal("365.00"),
+            "service_fee_per_terminal": Decimal("60.00"),
+        },
     },
-    Channel.TMALL: {"review_sla": timedelta(days=2), "review_deadline": timedelta(days=7)},
-    Channel.ALIPAY: {"review_sla": timedelta(days=2), "review_deadline": timedelta(days=7)},
+    Channel.TMALL: {
+        "review_sla": timedelta(days=2),
+        "review_deadline": timedelta(days=7),
+        "merchant": {"service_fee_per_terminal": Decimal("36.00")},
+    },
+    Channel.ALIPAY: {
+        "review_sla": timedelta(days=2),
+        "review_deadline": timedelta(days=7),
+        "merchant": {"service_fee_per_terminal": Decimal("36.00")},
+    },
 }
 
 
@@ -117,6 +195,30 @@ MAX_REMINDERS = 20
 # cannot even schedule the timer (the workflow task would fail for ever).
 Deadline = Annotated[timedelta, Field(ge=SECOND, le=YEAR)]
 Reminders = Annotated[list[Deadline], Field(max_length=MAX_REMINDERS)]
+
+
+# After go-live a period may run to the contract's longest term (ten years).
+LongPeriod = Annotated[timedelta, Field(ge=SECOND, le=10 * YEAR)]
+
+
+class MerchantOverrides(Model):
+    """The timings of `MerchantPolicy` one application may override (demos, tests): never a fee,
+    and never the rules (re-binding review, TID moves)."""
+
+    billing_period: LongPeriod | None = None
+    payment_period: Deadline | None = None
+    fee_reminders: Reminders | None = None
+    grace_period: Deadline | None = None
+    suspension_limit: Deadline | None = None
+    inspection_intervals: dict[RiskLevel, LongPeriod] | None = None
+    inspection_deadline: Deadline | None = None
+    remediation_period: Deadline | None = None
+    rebinding_review_deadline: Deadline | None = None
+    contract_term: LongPeriod | None = None
+    history_limit: int | None = Field(default=None, ge=200, le=40000)
+
+    def given(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True, exclude_none=True)
 
 
 class PolicyOverrides(Model):
@@ -149,9 +251,13 @@ class PolicyOverrides(Model):
         Annotated[timedelta, Field(ge=timedelta(milliseconds=10), le=HOUR)] | None
     ) = None
     activity_max_attempts: int | None = Field(default=None, ge=1, le=100)
+    merchant: MerchantOverrides | None = None
 
     def given(self) -> dict[str, Any]:
-        return self.model_dump(exclude_unset=True, exclude_none=True)
+        given = self.model_dump(exclude_unset=True, exclude_none=True)
+        if self.merchant is not None:
+            given["merchant"] = self.merchant.given()
+        return given
 
 
 def _refused(field: str, message: str) -> ValidationError:
@@ -179,6 +285,12 @@ def policy_for(
             "site_survey_risk_levels",
             f"may add risk levels to the channel's ({kept}), never leave one out",
         )
+    merchant = {**defaults.get("merchant", {}), **given.pop("merchant", {})}
+    if "inspection_intervals" in merchant:  # the levels not named keep the channel's interval
+        intervals = MerchantPolicy.model_validate(defaults.get("merchant", {})).inspection_intervals
+        merchant["inspection_intervals"] = {**intervals, **merchant["inspection_intervals"]}
+    if merchant:
+        given["merchant"] = merchant
     policy = Policy.model_validate({**defaults, **given})
     if policy.activity_retry_max_interval < policy.activity_retry_interval:
         raise _refused(

@@ -14,13 +14,16 @@ from typing import Any
 from pydantic import Field
 
 from schemas.application import Address, Application, Model
-from schemas.documents import Document
+from schemas.documents import Document, FieldIssue
 from schemas.policy import RiskLevel
 
 
 class Step(Model):
     idempotency_key: str
     application_id: str
+    # Set by the merchant workflow (after go-live): the service sends its callbacks for this step
+    # to the merchant's routes (`/api/merchants/{mid}/...`) instead of the application's.
+    merchant_id: str | None = None
 
 
 # --- documents and notifications -------------------------------------------------------------
@@ -46,6 +49,19 @@ class Notice(StrEnum):
     REJECTED = "rejected"
     EXPIRED = "expired"
     WITHDRAWN = "withdrawn"
+    # After go-live.
+    FEE_BILLED = "fee_billed"
+    FEE_REMINDER = "fee_reminder"
+    FEE_OVERDUE = "fee_overdue"
+    SUSPENDED = "suspended"
+    REINSTATED = "reinstated"
+    INSPECTION_BOOKED = "inspection_booked"
+    INSPECTION_FAILED = "inspection_failed"
+    TERMINAL_REPLACED = "terminal_replaced"
+    TERMINALS_ADDED = "terminals_added"
+    SETTLEMENT_REBOUND = "settlement_rebound"
+    REBINDING_REFUSED = "rebinding_refused"
+    CLOSED = "closed"
 
 
 class NotifyMerchant(Step):
@@ -66,6 +82,8 @@ class ReadServiceEvents(Model):
 
     application_id: str
     service: str  # review | contract | device | logistics
+    # A merchant's messages instead (`GET /merchants/{mid}/events`): after go-live.
+    merchant_id: str | None = None
 
 
 class ServiceEvent(Model):
@@ -306,3 +324,152 @@ class EnableAcquiring(Step):
 
 class AcquiringEnabled(Model):
     enabled_at: datetime
+
+
+# --- after go-live: the merchant's account -----------------------------------------------------
+# Every one carries `merchant_id` (the MID): the service's callbacks go to the merchant's routes.
+
+
+class IssueBill(Step):
+    """A bill on an anniversary (年费 + 服务费), issued against the contract."""
+
+    contract_id: str
+    period: int
+    annual_fee: Decimal
+    service_fee: Decimal
+    amount: Decimal
+    due_at: datetime
+
+
+class BillIssued(Model):
+    bill_id: str
+    amount: Decimal
+    due_at: datetime
+
+
+class RefundPayment(Step):
+    """Refund a payment taken against the contract (a bill paid while the account closed)."""
+
+    contract_id: str
+    amount: Decimal
+    payment_reference: str
+
+
+class TerminateContract(Step):
+    contract_id: str
+    reason: str
+
+
+class ChangeAcquiring(Step):
+    """Suspend, reinstate or stop acquiring for a merchant in the device service."""
+
+    mid: str
+    action: str  # suspend | reinstate
+    reason: str
+
+
+class AcquiringChanged(Model):
+    state: str  # enabled | suspended
+    changed_at: datetime
+
+
+class RegisterMoreTerminals(Step):
+    """Bind reserved terminals under an existing MID (more terminals), each with a new TID."""
+
+    mid: str
+    reservation_id: str
+    serials: list[str]
+
+
+class SwapTerminal(Step):
+    """Bind a replacement under the same MID: the faulty unit's TID moves to it, or it gets a
+    new one and the old TID is retired."""
+
+    mid: str
+    faulty_serial: str
+    replacement_serial: str
+    reservation_id: str
+    move_tid: bool
+
+
+class TerminalSwapped(Model):
+    serial: str
+    tid: str = Field(min_length=8, max_length=8)
+    retired_tid: str | None = None
+
+
+class UnbindTerminal(Step):
+    """Unbind a terminal from the merchant (swapped out or returned at closure)."""
+
+    mid: str
+    serial: str
+    reason: str
+
+
+class ValidateSettlement(Model):
+    """Check a new settlement account with the application's own rules (Luhn, same name,
+    corporate for an enterprise)."""
+
+    application: Application
+    account_holder: str
+    account_kind: str
+    account_number: str
+    bank_name: str
+    as_of: date
+
+
+class SettlementChecked(Model):
+    issues: list[FieldIssue] = Field(default_factory=list)
+
+
+class OpenRebindingReview(Step):
+    mid: str
+    merchant_name: str
+    holder_name: str
+    bank_name: str
+    account_kind: str
+    account_last4: str
+
+
+class RebindingReviewOpened(Model):
+    case_id: str
+
+
+class BindSettlement(Step):
+    mid: str
+    holder_name: str
+    bank_name: str
+    account_kind: str
+    account_last4: str
+
+
+class SettlementBound(Model):
+    binding_id: str
+    bound_at: datetime
+
+
+class BookInspection(Step):
+    mid: str
+    address: Address
+    serials: list[str]
+    reinspection: bool = False
+    due_by: datetime
+
+
+class InspectionBooked(Model):
+    inspection_id: str
+    scheduled_for: datetime
+
+
+class RetireMerchant(Step):
+    """Close the merchant in the device service: acquiring off, every TID and the MID retired
+    (never reused)."""
+
+    mid: str
+    reason: str
+
+
+class MerchantRetired(Model):
+    mid: str
+    retired_tids: list[str]
+    retired_at: datetime

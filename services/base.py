@@ -37,6 +37,9 @@ log = structlog.get_logger(__name__)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 # Where the gateway takes a service's messages about an application: CALLBACK_ROOT/{id}/{kind}.
 CALLBACK_ROOT = "/api/applications"
+# After go-live, a merchant's messages (fee paid, inspection, replacement delivered...):
+# MERCHANT_CALLBACK_ROOT/{mid}/{kind}.
+MERCHANT_CALLBACK_ROOT = "/api/merchants"
 
 
 @dataclass(frozen=True)
@@ -208,15 +211,32 @@ def callback_path(application_id: str, kind: str) -> str:
     return f"{CALLBACK_ROOT}/{quote(application_id, safe='')}/{kind}"
 
 
+def merchant_callback_path(mid: str, kind: str) -> str:
+    """The gateway path of a merchant's message of `kind` (fee-payment, inspection, delivery,
+    activation, rebinding-decision)."""
+    return f"{MERCHANT_CALLBACK_ROOT}/{quote(mid, safe='')}/{kind}"
+
+
+def callback_path_for(application_id: str, merchant_id: str | None, kind: str) -> str:
+    """Where a step's callback goes: the merchant's routes when the merchant workflow asked for
+    the step (`merchant_id` set), else the application's."""
+    if merchant_id:
+        return merchant_callback_path(merchant_id, kind)
+    return callback_path(application_id, kind)
+
+
 def enqueue_callback(session: Session, service: str, path: str, body: BaseModel) -> None:
     """Queue a signed callback to the gateway; committed with the caller's transaction."""
     session.add(Callback(service=service, path=path, body=body.model_dump_json()))
 
 
-def recorded_events(session: Session, service: str, application_id: str) -> ServiceEvents:
-    """Every message `service` recorded for the application, delivered or not, oldest first:
-    what the workflow reads when a deadline passes with no word (push, then pull)."""
-    prefix = callback_path(application_id, "")
+def recorded_events(
+    session: Session, service: str, application_id: str, *, merchant: bool = False
+) -> ServiceEvents:
+    """Every message `service` recorded for the application (or, with `merchant`, for the MID
+    `application_id`), delivered or not, oldest first: what the workflow reads when a deadline
+    passes with no word (push, then pull)."""
+    prefix = (merchant_callback_path if merchant else callback_path)(application_id, "")
     rows = session.exec(
         select(Callback)
         .where(Callback.service == service)
@@ -360,6 +380,12 @@ def create_service(
         as sent, with its message id, so applying one the gateway already had is a duplicate."""
         with service.session() as session:
             return recorded_events(session, config.name, application_id)
+
+    @app.get("/merchants/{mid}/events", response_model=ServiceEvents)
+    def merchant_events(mid: str) -> ServiceEvents:
+        """The same for a merchant after go-live: every message recorded for the MID."""
+        with service.session() as session:
+            return recorded_events(session, config.name, mid, merchant=True)
 
     if setup is not None:
         setup(service)
