@@ -2,16 +2,27 @@
 operating training, and undo them (recall, cancel, collect the terminals back).
 
 Each passes its step's idempotency key as the `Idempotency-Key` header, so a retried activity
-never ships twice; a refusal (4xx, e.g. recalling a delivered parcel) is non-retryable.
+never ships twice; a refusal (4xx, e.g. recalling a delivered parcel) is non-retryable. A step's
+`merchant_id` is sent only when the merchant's account set it (its callbacks then go to the
+merchant's routes), so an application's requests are the same as before it existed.
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 from temporalio import activity
 
 from activities import catalog
 from activities.http import ServiceClient, path, service_url
 from schemas import steps
+
+
+def _fields(step: steps.Step) -> Collection[str]:
+    """The step's fields for the body: all but the idempotency key, and `merchant_id` only when
+    set."""
+    left_out = {"idempotency_key"} | ({"merchant_id"} if step.merchant_id is None else set())
+    return [name for name in type(step).model_fields if name not in left_out]
 
 
 class LogisticsActivities:
@@ -22,11 +33,15 @@ class LogisticsActivities:
 
     @activity.defn(name=catalog.CREATE_SHIPMENT)
     async def create_shipment(self, request: steps.CreateShipment) -> steps.ShipmentCreated:
-        return await self.client.send("/shipments", request, steps.ShipmentCreated)
+        return await self.client.send(
+            "/shipments", request, steps.ShipmentCreated, fields=_fields(request)
+        )
 
     @activity.defn(name=catalog.BOOK_INSTALLATION)
     async def book_installation(self, request: steps.BookInstallation) -> steps.InstallationBooked:
-        return await self.client.send("/installations", request, steps.InstallationBooked)
+        return await self.client.send(
+            "/installations", request, steps.InstallationBooked, fields=_fields(request)
+        )
 
     @activity.defn(name=catalog.RECALL_SHIPMENT)
     async def recall_shipment(self, request: steps.RecallShipment) -> steps.Undone:
@@ -48,11 +63,15 @@ class LogisticsActivities:
 
     @activity.defn(name=catalog.ARRANGE_RETURN)
     async def arrange_return(self, request: steps.ArrangeReturn) -> steps.ReturnArranged:
-        return await self.client.send("/returns", request, steps.ReturnArranged)
+        return await self.client.send(
+            "/returns", request, steps.ReturnArranged, fields=_fields(request)
+        )
 
     @activity.defn(name=catalog.SCHEDULE_TRAINING)
     async def schedule_training(self, request: steps.ScheduleTraining) -> steps.TrainingScheduled:
-        return await self.client.send("/trainings", request, steps.TrainingScheduled)
+        return await self.client.send(
+            "/trainings", request, steps.TrainingScheduled, fields=_fields(request)
+        )
 
     @activity.defn(name=catalog.CANCEL_TRAINING)
     async def cancel_training(self, request: steps.CancelTraining) -> steps.Undone:
