@@ -1,5 +1,6 @@
 """Activities of the logistics service: ship terminals or book their installation, schedule the
-operating training, and undo them (recall, cancel, collect the terminals back).
+operating training, book inspections after go-live, and undo them (recall, cancel, collect the
+terminals back).
 
 Each passes its step's idempotency key as the `Idempotency-Key` header, so a retried activity
 never ships twice; a refusal (4xx, e.g. recalling a delivered parcel) is non-retryable. A step's
@@ -80,6 +81,12 @@ class LogisticsActivities:
             request,
             steps.Undone,
             fields={"application_id", "reason"},
+        )
+
+    @activity.defn(name=catalog.BOOK_INSPECTION)
+    async def book_inspection(self, request: steps.BookInspection) -> steps.InspectionBooked:
+        return await self.client.send(
+            "/inspections", request, steps.InspectionBooked, fields=_fields(request)
         )
 
 

@@ -1,12 +1,20 @@
 """The sandbox logistics and field-service system: mails terminals (邮寄) with a tracking number,
-books technicians for on-site installation (上门安装调试) and operating training (培训), recalls
-parcels and collects devices back.
+books technicians for on-site installation (上门安装调试), operating training (培训) and, after
+go-live, periodic inspections (巡检); recalls parcels and collects devices back.
 
 Carrier scans, deliveries and technicians' reports arrive as writes on this service (from an
 operator, a test, or the auto-progress job of the demo) and reach the gateway as signed callbacks:
 a scan as a `ShipmentScan`, a delivery or installation as a `DeliveryOutcome`, a training as a
 `TrainingCompleted`. Return shipments are tracked the same way but call nobody back: the
 application they belong to is already being closed.
+
+After go-live the merchant's account asks for the same shipments, installations and returns with
+`merchant_id` (the MID) set: their delivery or installation outcome goes to the merchant's route
+(`/api/merchants/{mid}/delivery`) instead of the application's. Their carrier scans call nobody
+back: the merchant's account waits for the delivery, not for each hop (the scans stay in the
+shipment's history). An inspection (`POST /inspections`) is reported by the inspector
+(`POST /inspections/{id}/result`) and reaches the gateway as an `InspectionResult` at
+`/api/merchants/{mid}/inspection`.
 
 Where each terminal is (`GET /whereabouts?serial=...`) follows from what happened to it here: it
 leaves the warehouse in an outbound parcel or with the technician who installs it, and is back
@@ -18,7 +26,14 @@ Settings, each from `config.options` first, then the environment:
 - `auto_progress` / `POSFLOW_LOGISTICS_AUTO` ("true" to move parcels and appointments on by
   themselves), `auto_delay_ms` / `POSFLOW_LOGISTICS_AUTO_DELAY_MS` (500, per step),
   `loss_rate` / `POSFLOW_LOGISTICS_LOSS_RATE` (0: share of parcels and installations that fail);
-- `lead_time_hours` / `POSFLOW_LOGISTICS_LEAD_TIME_HOURS` (24): how far ahead appointments are.
+- `lead_time_hours` / `POSFLOW_LOGISTICS_LEAD_TIME_HOURS` (24): how far ahead appointments and
+  inspections are (an inspection never later than its `due_by`).
+
+The auto-progress job's inspectors pass every inspection, except where the street of the
+address carries a demo marker:
+- `[fail]`: every inspection fails, re-inspections too;
+- `[fail-once]`: the first inspection fails, the re-inspection passes (remediation works).
+The loss rate does not apply to inspections: only the markers fail them.
 """
 
 from __future__ import annotations
@@ -37,14 +52,16 @@ from typing import Annotated, Any, Literal
 import structlog
 from fastapi import Header, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import JSON, Column, DateTime
 from sqlmodel import Field as SQLField
 from sqlmodel import Session, SQLModel, col, select
 
 from schemas.application import Address, Model, Note, PersonName, Text
+from schemas.merchant import MID_PATTERN, InspectionResult
 from schemas.messages import DeliveryOutcome, DeliveryOutcomeKind, ShipmentScan, TrainingCompleted
 from schemas.steps import (
+    InspectionBooked,
     InstallationBooked,
     ReturnArranged,
     ShipmentCreated,
@@ -55,10 +72,13 @@ from services.base import (
     Service,
     ServiceConfig,
     ServiceError,
+    add_missing_columns,
     callback_path,
+    callback_path_for,
     create_service,
     enqueue_callback,
     idempotent,
+    merchant_callback_path,
 )
 
 log = structlog.get_logger(__name__)
@@ -109,11 +129,21 @@ class AppointmentStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+class InspectionStatus(StrEnum):
+    BOOKED = "booked"
+    PASSED = "passed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
 class LogisticsShipment(SQLModel, table=True):
     __tablename__ = "logistics_shipments"
 
     shipment_id: str = SQLField(primary_key=True)
     application_id: str = SQLField(index=True)
+    # The MID when the merchant's account asked (after go-live); nullable, so a table made by an
+    # older version gains it (`add_missing_columns`).
+    merchant_id: str | None = None
     kind: str
     carrier: str
     tracking_number: str = SQLField(unique=True)
@@ -144,6 +174,7 @@ class LogisticsAppointment(SQLModel, table=True):
 
     appointment_id: str = SQLField(primary_key=True)
     application_id: str = SQLField(index=True)
+    merchant_id: str | None = None  # as on shipments
     kind: str
     contact: str = ""
     serials: list[str] = SQLField(default_factory=list, sa_column=Column(JSON, nullable=False))
@@ -171,17 +202,42 @@ class LogisticsTerminalPosition(SQLModel, table=True):
     updated_at: datetime = _timestamp()
 
 
+class LogisticsInspection(SQLModel, table=True):
+    """A periodic inspection (巡检) of a merchant's premises and terminals, after go-live."""
+
+    __tablename__ = "logistics_inspections"
+
+    inspection_id: str = SQLField(primary_key=True)
+    application_id: str = SQLField(index=True)
+    mid: str = SQLField(index=True)
+    serials: list[str] = SQLField(default_factory=list, sa_column=Column(JSON, nullable=False))
+    address: dict[str, Any] = SQLField(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    reinspection: bool = False
+    due_by: datetime = _timestamp()
+    scheduled_for: datetime = _timestamp()
+    status: str = SQLField(index=True)
+    inspector: str = ""
+    findings: list[str] = SQLField(default_factory=list, sa_column=Column(JSON, nullable=False))
+    reason: str = ""  # why it was cancelled
+    created_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
+
+
 TABLES: list[type[SQLModel]] = [
     LogisticsShipment,
     LogisticsShipmentEvent,
     LogisticsAppointment,
     LogisticsTerminalPosition,
+    LogisticsInspection,
 ]
+# Tables an older version may have made without the columns added since.
+UPGRADED: list[type[SQLModel]] = [LogisticsShipment, LogisticsAppointment]
 
 
 # --- requests and answers --------------------------------------------------------------------
 
 ApplicationId = Annotated[str, Field(min_length=1, max_length=80)]
+MerchantId = Annotated[str, Field(pattern=MID_PATTERN)]
 Serials = Annotated[list[Annotated[str, Field(min_length=1, max_length=40)]], Field(min_length=1)]
 Person = Annotated[str, Field(min_length=1, max_length=120)]
 
@@ -190,6 +246,7 @@ class NewShipment(Model):
     """The fields of `steps.CreateShipment` (its idempotency key travels as the header)."""
 
     application_id: ApplicationId
+    merchant_id: MerchantId | None = None
     address: Address
     recipient: Person
     serials: Serials
@@ -199,6 +256,7 @@ class NewReturn(Model):
     """The fields of `steps.ArrangeReturn`."""
 
     application_id: ApplicationId
+    merchant_id: MerchantId | None = None
     serials: Serials
     address: Address
     reason: str = Field(min_length=1, max_length=500)
@@ -208,6 +266,7 @@ class NewInstallation(Model):
     """The fields of `steps.BookInstallation`."""
 
     application_id: ApplicationId
+    merchant_id: MerchantId | None = None
     address: Address
     contact: Person
     serials: Serials
@@ -220,6 +279,24 @@ class NewTraining(Model):
     merchant_name: Person
     address: Address
     on_site: bool
+
+
+class NewInspection(Model):
+    """The fields of `steps.BookInspection`; `merchant_id`, when given, is the same MID."""
+
+    application_id: ApplicationId
+    merchant_id: MerchantId | None = None
+    mid: MerchantId
+    address: Address
+    serials: list[Annotated[str, Field(min_length=1, max_length=40)]] = Field(max_length=500)
+    reinspection: bool = False
+    due_by: datetime
+
+    @model_validator(mode="after")
+    def _one_merchant(self) -> NewInspection:
+        if self.merchant_id not in (None, self.mid):
+            raise ValueError("merchant_id must be the inspected mid")
+        return self
 
 
 class Scan(Model):
@@ -243,6 +320,16 @@ class InstallationReport(Model):
 class TrainingReport(Model):
     trainer: PersonName = Field(min_length=1, max_length=80)
     topics: list[Annotated[Text, Field(min_length=1, max_length=80)]] = Field(default_factory=list)
+
+
+class InspectionReport(Model):
+    """An inspector's verdict; the same text rules as the `InspectionResult` it becomes."""
+
+    passed: bool
+    inspector: PersonName = Field(min_length=1, max_length=80)
+    findings: list[Annotated[Text, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=20
+    )
 
 
 class Cancellation(Model):
@@ -283,6 +370,7 @@ class ShipmentEventView(Model):
 class ShipmentView(Model):
     shipment_id: str
     application_id: str
+    merchant_id: str | None
     kind: ShipmentKind
     carrier: str
     tracking_number: str
@@ -297,6 +385,7 @@ class ShipmentView(Model):
 class AppointmentView(Model):
     appointment_id: str
     application_id: str
+    merchant_id: str | None
     kind: AppointmentKind
     status: AppointmentStatus
     on_site: bool
@@ -304,6 +393,22 @@ class AppointmentView(Model):
     scheduled_for: datetime
     performed_by: str
     detail: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class InspectionView(Model):
+    inspection_id: str
+    application_id: str
+    mid: str
+    status: InspectionStatus
+    reinspection: bool
+    serials: list[str]
+    due_by: datetime
+    scheduled_for: datetime
+    inspector: str
+    findings: list[str]
+    reason: str
     created_at: datetime
     updated_at: datetime
 
@@ -333,6 +438,25 @@ class Settings(BaseModel):
                 hours=float(_setting(config, "lead_time_hours", "LEAD_TIME_HOURS", "24"))
             ),
         )
+
+
+# --- the demo's inspectors ---------------------------------------------------------------------
+
+FAIL_MARKER = "[fail]"  # in the street: every inspection of the merchant fails
+FAIL_ONCE_MARKER = "[fail-once]"  # in the street: the first fails, the re-inspection passes
+
+
+def auto_verdict(street: str, reinspection: bool) -> InspectionReport:
+    """What the auto-progress inspector reports for a merchant at `street` (markers above)."""
+    street = street.lower()
+    if FAIL_MARKER in street or (FAIL_ONCE_MARKER in street and not reinspection):
+        return InspectionReport(
+            passed=False,
+            inspector="auto-inspector",
+            findings=["terminal not at the registered premises", "no acceptance sign displayed"],
+        )
+    findings = ["earlier findings put right"] if reinspection else []
+    return InspectionReport(passed=True, inspector="auto-inspector", findings=findings)
 
 
 # --- the logic -------------------------------------------------------------------------------
@@ -387,11 +511,13 @@ class Logistics:
         serials: list[str],
         recipient: str = "",
         reason: str = "",
+        merchant_id: str | None = None,
     ) -> LogisticsShipment:
         prefix = "SHP" if kind is ShipmentKind.OUTBOUND else "RET"
         shipment = LogisticsShipment(
             shipment_id=f"{prefix}{uuid.uuid4().hex[:16].upper()}",
             application_id=application_id,
+            merchant_id=merchant_id,
             kind=kind.value,
             carrier=CARRIER,
             tracking_number=self._tracking_number(session),
@@ -414,6 +540,7 @@ class Logistics:
             "shipment_created",
             shipment_id=shipment.shipment_id,
             application_id=application_id,
+            merchant_id=merchant_id,
             kind=kind.value,
             terminals=len(serials),
         )
@@ -512,6 +639,7 @@ class Logistics:
         return ShipmentView(
             shipment_id=shipment.shipment_id,
             application_id=shipment.application_id,
+            merchant_id=shipment.merchant_id,
             kind=ShipmentKind(shipment.kind),
             carrier=shipment.carrier,
             tracking_number=shipment.tracking_number,
@@ -539,6 +667,7 @@ class Logistics:
             request.address,
             request.serials,
             recipient=request.recipient,
+            merchant_id=request.merchant_id,
         )
         return ShipmentCreated(
             shipment_id=shipment.shipment_id,
@@ -554,6 +683,7 @@ class Logistics:
             request.address,
             request.serials,
             reason=request.reason,
+            merchant_id=request.merchant_id,
         )
         return ReturnArranged(
             return_id=shipment.shipment_id, tracking_number=shipment.tracking_number
@@ -568,7 +698,9 @@ class Logistics:
         at = self._event(
             session, shipment, ShipmentStatus.IN_TRANSIT, scan.location, scan.description
         )
-        if shipment.kind == ShipmentKind.OUTBOUND:
+        # A merchant's parcel (after go-live) is scanned without a callback: its account waits
+        # for the delivery only.
+        if shipment.kind == ShipmentKind.OUTBOUND and not shipment.merchant_id:
             enqueue_callback(
                 session,
                 self.name,
@@ -594,7 +726,7 @@ class Logistics:
         status = ShipmentStatus(delivery.outcome)
         self._event(session, shipment, status, "", delivery.detail or status.value)
         if shipment.kind == ShipmentKind.OUTBOUND:
-            self._outcome(session, shipment.application_id, shipment_id, status, delivery.detail)
+            self._outcome(session, shipment, shipment_id, status, delivery.detail)
             where = (
                 "delivered to the merchant"
                 if status is ShipmentStatus.DELIVERED
@@ -663,15 +795,17 @@ class Logistics:
     def _outcome(
         self,
         session: Session,
-        application_id: str,
+        owner: LogisticsShipment | LogisticsAppointment,
         reference: str,
         kind: DeliveryOutcomeKind | ShipmentStatus,
         detail: str,
     ) -> None:
+        """The delivery or installation outcome, to the merchant's route when the merchant's
+        account asked for it, else to the application's."""
         enqueue_callback(
             session,
             self.name,
-            callback_path(application_id, "delivery"),
+            callback_path_for(owner.application_id, owner.merchant_id, "delivery"),
             DeliveryOutcome(
                 event_id=str(uuid.uuid4()),
                 reference=reference,
@@ -697,6 +831,7 @@ class Logistics:
         return AppointmentView(
             appointment_id=a.appointment_id,
             application_id=a.application_id,
+            merchant_id=a.merchant_id,
             kind=AppointmentKind(a.kind),
             status=AppointmentStatus(a.status),
             on_site=a.on_site,
@@ -743,6 +878,7 @@ class Logistics:
             request.address,
             contact=request.contact,
             serials=list(request.serials),
+            merchant_id=request.merchant_id,
         )
         return InstallationBooked(appointment_id=a.appointment_id, scheduled_for=a.scheduled_for)
 
@@ -789,7 +925,7 @@ class Logistics:
         if installed:  # the technician left them with the merchant; a failed visit brings them back
             self._move(session, a.serials, appointment_id, False, "installed at the merchant")
         outcome = DeliveryOutcomeKind.INSTALLED if installed else DeliveryOutcomeKind.FAILED
-        self._outcome(session, a.application_id, appointment_id, outcome, report.detail)
+        self._outcome(session, a, appointment_id, outcome, report.detail)
         return self.appointment_view(session, kind, appointment_id)
 
     def complete_training(
@@ -830,6 +966,106 @@ class Logistics:
         log.info(f"{kind.value}_cancelled", appointment_id=appointment_id)
         return Undone(reference=appointment_id, detail=f"cancelled: {request.reason}")
 
+    # inspections (after go-live)
+
+    def _inspection(self, session: Session, inspection_id: str) -> LogisticsInspection:
+        inspection = session.get(LogisticsInspection, inspection_id)
+        if inspection is None:
+            raise _not_found("inspection", inspection_id)
+        return inspection
+
+    def inspection_view(self, session: Session, inspection_id: str) -> InspectionView:
+        i = self._inspection(session, inspection_id)
+        return InspectionView(
+            inspection_id=i.inspection_id,
+            application_id=i.application_id,
+            mid=i.mid,
+            status=InspectionStatus(i.status),
+            reinspection=i.reinspection,
+            serials=list(i.serials),
+            due_by=_aware(i.due_by),
+            scheduled_for=_aware(i.scheduled_for),
+            inspector=i.inspector,
+            findings=list(i.findings),
+            reason=i.reason,
+            created_at=_aware(i.created_at),
+            updated_at=_aware(i.updated_at),
+        )
+
+    def book_inspection(self, session: Session, request: NewInspection) -> InspectionBooked:
+        """An inspector booked the lead time ahead, but never after the inspection is due (nor
+        before now, when it is already due)."""
+        now = _now()
+        scheduled_for = max(now, min(now + self.settings.lead_time, _aware(request.due_by)))
+        inspection = LogisticsInspection(
+            inspection_id=f"INS-{uuid.uuid4().hex[:16].upper()}",
+            application_id=request.application_id,
+            mid=request.mid,
+            serials=list(request.serials),
+            address=request.address.model_dump(mode="json"),
+            reinspection=request.reinspection,
+            due_by=request.due_by,
+            scheduled_for=scheduled_for,
+            status=InspectionStatus.BOOKED.value,
+        )
+        session.add(inspection)
+        log.info(
+            "inspection_booked",
+            inspection_id=inspection.inspection_id,
+            mid=request.mid,
+            reinspection=request.reinspection,
+        )
+        return InspectionBooked(inspection_id=inspection.inspection_id, scheduled_for=scheduled_for)
+
+    def report_inspection(
+        self, session: Session, inspection_id: str, report: InspectionReport
+    ) -> InspectionView:
+        """The inspector's verdict, once: a second report of the same inspection is refused."""
+        i = self._inspection(session, inspection_id)
+        if i.status != InspectionStatus.BOOKED:
+            raise ServiceError(
+                409, "inspection_closed", f"inspection {inspection_id} is already {i.status}"
+            )
+        status = InspectionStatus.PASSED if report.passed else InspectionStatus.FAILED
+        i.status = status.value
+        i.inspector = report.inspector
+        i.findings = list(report.findings)
+        i.updated_at = _now()
+        session.add(i)
+        enqueue_callback(
+            session,
+            self.name,
+            merchant_callback_path(i.mid, "inspection"),
+            InspectionResult(
+                event_id=str(uuid.uuid4()),
+                inspection_id=inspection_id,
+                passed=report.passed,
+                inspector=report.inspector,
+                findings=list(report.findings),
+            ),
+        )
+        log.info("inspection_reported", inspection_id=inspection_id, status=status.value)
+        return self.inspection_view(session, inspection_id)
+
+    def cancel_inspection(
+        self, session: Session, inspection_id: str, request: Cancellation
+    ) -> Undone:
+        i = self._inspection(session, inspection_id)
+        if request.application_id not in (None, i.application_id):
+            raise _not_found("inspection", inspection_id)
+        if i.status == InspectionStatus.CANCELLED:
+            return Undone(reference=inspection_id, detail="already cancelled")
+        if i.status != InspectionStatus.BOOKED:
+            raise ServiceError(
+                409, "inspection_done", f"inspection {inspection_id} was already {i.status}"
+            )
+        i.status = InspectionStatus.CANCELLED.value
+        i.reason = request.reason
+        i.updated_at = _now()
+        session.add(i)
+        log.info("inspection_cancelled", inspection_id=inspection_id)
+        return Undone(reference=inspection_id, detail=f"cancelled: {request.reason}")
+
     # auto-progress
 
     def advance(self) -> None:
@@ -855,15 +1091,37 @@ class Logistics:
                 .where(LogisticsAppointment.status == AppointmentStatus.BOOKED.value)
                 .where(col(LogisticsAppointment.updated_at) <= cutoff)
             ).all()
+            inspections = session.exec(
+                select(LogisticsInspection)
+                .where(LogisticsInspection.status == InspectionStatus.BOOKED.value)
+                .where(col(LogisticsInspection.updated_at) <= cutoff)
+            ).all()
             due: list[tuple[str, str, str, str]] = [
                 (s.shipment_id, s.status, str(s.address.get("city", "")), "shipment")
                 for s in shipments
             ] + [(a.appointment_id, a.status, "", a.kind) for a in appointments]
+            verdicts = [
+                (i.inspection_id, auto_verdict(str(i.address.get("street", "")), i.reinspection))
+                for i in inspections
+            ]
         for ident, status, city, what in due:
             try:
                 self._advance_one(ident, status, city, what)
             except ServiceError as err:  # changed meanwhile, e.g. recalled: leave it be
                 log.info("auto_progress_skipped", reference=ident, error=err.error)
+        for ident, report in verdicts:
+            try:
+                self._inspect(ident, report)
+            except ServiceError as err:  # reported or cancelled meanwhile
+                log.info("auto_progress_skipped", reference=ident, error=err.error)
+
+    def _inspect(self, ident: str, report: InspectionReport) -> None:
+        self.write(
+            f"auto:{ident}:result",
+            f"inspection_result:{ident}",
+            report,
+            lambda s: self.report_inspection(s, ident, report),
+        )
 
     def _advance_one(self, ident: str, status: str, city: str, what: str) -> None:
         fails = random.random() < self.settings.loss_rate
@@ -1029,6 +1287,41 @@ def _routes(logistics: Logistics) -> Callable[[Service], None]:
                 lambda s: lg.cancel(s, installation, appointment_id, body),
             )
 
+        @app.post("/inspections", status_code=201, response_model=InspectionBooked)
+        def book_inspection(body: NewInspection, key: IdempotencyKey = None) -> JSONResponse:
+            return lg.write(
+                key, "book_inspection", body, lambda s: lg.book_inspection(s, body), 201
+            )
+
+        @app.get("/inspections/{inspection_id}", response_model=InspectionView)
+        def get_inspection(inspection_id: str) -> InspectionView:
+            with service.session() as session:
+                return lg.inspection_view(session, inspection_id)
+
+        @app.post("/inspections/{inspection_id}/result", response_model=InspectionView)
+        def report_inspection(
+            inspection_id: str, body: InspectionReport, key: IdempotencyKey = None
+        ) -> JSONResponse:
+            """The inspector's verdict (an inspector, the demo or a test): sent to the merchant's
+            account as an `InspectionResult`; a second report is refused (409)."""
+            return lg.write(
+                key,
+                f"inspection_result:{inspection_id}",
+                body,
+                lambda s: lg.report_inspection(s, inspection_id, body),
+            )
+
+        @app.post("/inspections/{inspection_id}/cancellation", response_model=Undone)
+        def cancel_inspection(
+            inspection_id: str, body: Cancellation, key: IdempotencyKey = None
+        ) -> JSONResponse:
+            return lg.write(
+                key,
+                f"inspection_cancel:{inspection_id}",
+                body,
+                lambda s: lg.cancel_inspection(s, inspection_id, body),
+            )
+
         @app.post("/trainings", status_code=201, response_model=TrainingScheduled)
         def schedule_training(body: NewTraining, key: IdempotencyKey = None) -> JSONResponse:
             return lg.write(
@@ -1070,6 +1363,8 @@ def build(config: ServiceConfig | None = None) -> Service:
     holder: dict[str, Logistics] = {}
 
     def setup(service: Service) -> None:
+        for table in UPGRADED:
+            add_missing_columns(service.engine, table.__table__)  # type: ignore[attr-defined]
         holder["logistics"] = Logistics(service)
         _routes(holder["logistics"])(service)
 
