@@ -257,6 +257,8 @@ class OpenCaseRequest(Model):
     channel: str = PydanticField(min_length=1, max_length=40)
     business_category: str = PydanticField(max_length=60)
     documents: list[Document] = PydanticField(default_factory=list)
+    # Every step carries it; an application's review is before go-live, so never a merchant's.
+    merchant_id: None = None
 
 
 class AssignRequest(Model):
@@ -768,7 +770,7 @@ def _routes(rules: ReviewRules) -> Callable[[Service], None]:
 
         @app.post("/cases")
         def open_review_case(body: OpenCaseRequest, key: IdempotencyKey = None) -> JSONResponse:
-            payload = body.model_dump(mode="json")
+            payload = body.model_dump(mode="json", exclude={"merchant_id"})
             return _write(service, key, payload, lambda s: open_case(s, rules, body))
 
         @app.get("/cases")
