@@ -1,5 +1,7 @@
 """The contract / e-sign service on real HTTP: issue, sign, pay, void, refund, its signed callbacks,
-idempotency, restart, the demo auto-signer, and the activities that call it."""
+idempotency, restart, the demo auto-signer, and the activities that call it; after go-live, fee
+bills and their payments (`FeePaid` to the merchant's route), their refunds, termination and the
+demo auto-payer."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,9 +23,10 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.contract import contract_activities
 from schemas import steps
+from schemas.merchant import FeePaid
 from schemas.messages import ContractEvent, ContractEventKind
 from services.base import Callback, Service, ServiceConfig, ServiceError
-from services.contract import Agreement, build, sign
+from services.contract import Agreement, auto_pay_due, auto_pay_settings, build, sign
 from tests.servers import CallbackRecorder, free_port, serving
 
 
@@ -431,3 +435,335 @@ async def test_a_stale_writer_is_refused(tmp_path: Path) -> None:
         await s.recorder.wait_for(1)
         await asyncio.sleep(0.3)
         assert len(s.recorder.received) == 1
+
+
+# --- after go-live: bills, refunds of a bill's payment, termination ---------------------------
+
+MID = "102310058120001"
+
+
+def bill_body(
+    period: int = 1, amount: str = "360.00", due_at: datetime | None = None, **extra: Any
+) -> dict[str, Any]:
+    due = due_at or datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+    return {
+        "merchant_id": MID,
+        "application_id": "APP-1",
+        "period": period,
+        "annual_fee": "300.00",
+        "service_fee": "60",
+        "amount": amount,
+        "due_at": due.isoformat(),
+        **extra,
+    }
+
+
+async def live_contract(s: Stack, merchant_name: str = "杭州西湖小吃店") -> str:
+    """A contract as it stands after go-live: signed, its deposit paid."""
+    body = {**issue_body("299.00"), "merchant_name": merchant_name}
+    response = await s.post("/contracts", body)
+    assert response.status_code == 201, response.text
+    cid = str(response.json()["contract_id"])
+    assert (await s.post(f"/contracts/{cid}/signature", {"signer_name": "王芳"})).is_success
+    deposit = {"amount": "299.00", "payment_reference": "DEP-1"}
+    assert (await s.post(f"/contracts/{cid}/payments", deposit)).status_code == 201
+    return cid
+
+
+async def issue_bill(s: Stack, cid: str, **body: Any) -> dict[str, Any]:
+    response = await s.post(f"/contracts/{cid}/bills", bill_body(**body))
+    assert response.status_code == 201, response.text
+    data: dict[str, Any] = response.json()
+    return data
+
+
+def fee_payments(received: list[tuple[str, dict[str, Any]]]) -> list[FeePaid]:
+    return [
+        FeePaid.model_validate(body)
+        for path, body in received
+        if path == f"/api/merchants/{MID}/fee-payment"
+    ]
+
+
+async def test_a_paid_bill_is_called_back_to_the_merchant(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        cid = await live_contract(s)
+        issued = await s.post(f"/contracts/{cid}/bills", bill_body(), key="bill-1")
+        assert issued.status_code == 201, issued.text
+        bill = steps.BillIssued.model_validate(issued.json())
+        assert bill.bill_id.startswith("BILL-") and bill.amount == Decimal("360.00")
+        assert bill.due_at == datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+        replay = await s.post(f"/contracts/{cid}/bills", bill_body(), key="bill-1")
+        assert replay.json() == issued.json() and replay.headers["Idempotent-Replay"] == "true"
+        assert (await s.http.get(f"/bills/{bill.bill_id}")).json()["status"] == "issued"
+
+        wrong = await s.post(f"/bills/{bill.bill_id}/payments", {"amount": "300.00"})
+        assert wrong.status_code == 422 and "amount" in wrong.json()["fields"]
+        paid = await s.post(
+            f"/bills/{bill.bill_id}/payments", {"amount": "360", "reference": "WX-88"}, key="pay-1"
+        )
+        assert paid.status_code == 201, paid.text
+        assert (paid.json()["status"], paid.json()["payment_reference"]) == ("paid", "WX-88")
+        again = await s.post(f"/bills/{bill.bill_id}/payments", {"amount": "360.00"})
+        assert again.status_code == 409 and again.json()["error"] == "bill_paid"
+        replayed = await s.post(
+            f"/bills/{bill.bill_id}/payments",
+            {"amount": "360.00", "reference": "WX-88"},
+            key="pay-1",
+        )
+        assert replayed.status_code == 201 and replayed.json() == paid.json()
+
+        [fee] = fee_payments(await s.recorder.wait_for(3))
+        assert (fee.bill_id, fee.amount, fee.payment_reference) == (
+            bill.bill_id,
+            Decimal("360.00"),
+            "WX-88",
+        )
+        uuid.UUID(fee.event_id)
+        outbox = (await s.http.get(f"/merchants/{MID}/events")).json()["events"]
+        assert [(e["kind"], e["body"]["event_id"]) for e in outbox] == [
+            ("fee-payment", fee.event_id)
+        ]
+        # The application's own messages stay the application's.
+        own = (await s.http.get("/applications/APP-1/events")).json()["events"]
+        kinds = [e["kind"] for e in own]
+        assert kinds == ["contract", "contract"]
+
+        state = await s.contract(cid)
+        [listed] = state["bills"]
+        assert (listed["bill_id"], listed["status"], listed["merchant_id"]) == (
+            bill.bill_id,
+            "paid",
+            MID,
+        )
+        assert (listed["annual_fee"], listed["service_fee"], listed["amount"]) == (
+            "300.00",
+            "60.00",
+            "360.00",
+        )
+        assert (state["paid"], state["fees_paid"], state["deposit_due"]) == (
+            "659.00",
+            "360.00",
+            "0.00",
+        )
+        assert [h["kind"] for h in state["history"]][-2:] == ["bill_issued", "fee_paid"]
+        assert (await s.http.get("/bills/BILL-NOPE")).status_code == 404
+
+
+async def test_a_bill_is_refused_when_it_is_wrong(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        cid = await live_contract(s)
+        wrong = await s.post(f"/contracts/{cid}/bills", bill_body(amount="300.00"))
+        assert wrong.status_code == 422 and wrong.json()["error"] == "amount_mismatch"
+        assert "360.00" in wrong.json()["fields"]["amount"]
+        no_mid = await s.post(f"/contracts/{cid}/bills", bill_body(merchant_id=None))
+        assert no_mid.status_code == 422 and "merchant_id" in no_mid.json()["fields"]
+        naive = await s.post(
+            f"/contracts/{cid}/bills", {**bill_body(), "due_at": "2026-03-01T09:00:00"}
+        )
+        assert naive.status_code == 422 and "due_at" in naive.json()["fields"]
+        other_app = await s.post(f"/contracts/{cid}/bills", bill_body(application_id="APP-2"))
+        assert other_app.status_code == 409 and other_app.json()["error"] == "contract_mismatch"
+        unknown = await s.post("/contracts/CT-NOPE/bills", bill_body())
+        assert unknown.status_code == 404
+
+        first = await issue_bill(s, cid)
+        twice = await s.post(f"/contracts/{cid}/bills", bill_body(), key="another-key")
+        assert twice.status_code == 409 and twice.json()["error"] == "period_billed"
+        assert first["bill_id"] in twice.json()["fields"]["period"]
+        assert (await s.post(f"/contracts/{cid}/bills", bill_body(2))).status_code == 201
+        assert [b["period"] for b in (await s.contract(cid))["bills"]] == [1, 2]
+
+        # A bill's reference is its own: reusing another payment's would mix up their refunds.
+        dup = await s.post(
+            f"/bills/{first['bill_id']}/payments", {"amount": "360.00", "reference": "DEP-1"}
+        )
+        assert dup.status_code == 409 and "reference" in dup.json()["fields"]
+
+        voided_cid = await s.issue("0", application_id="APP-9")
+        await s.post(f"/contracts/{voided_cid}/void", {"reason": "withdrawn"})
+        void = await s.post(f"/contracts/{voided_cid}/bills", bill_body(application_id="APP-9"))
+        assert void.status_code == 409 and void.json()["error"] == "contract_void"
+
+
+async def test_a_bill_payment_is_refunded_like_the_deposit(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        cid = await live_contract(s)
+        bill = await issue_bill(s, cid)
+        await s.post(f"/bills/{bill['bill_id']}/payments", {"amount": "360.00", "reference": "F-1"})
+
+        too_much = await s.post(
+            f"/contracts/{cid}/refunds", {"amount": "360.01", "payment_reference": "F-1"}
+        )
+        assert too_much.status_code == 409 and too_much.json()["error"] == "refund_exceeds_paid"
+        part = await s.post(
+            f"/contracts/{cid}/refunds", {"amount": "60.00", "payment_reference": "F-1"}
+        )
+        assert part.status_code == 201
+        assert (await s.http.get(f"/bills/{bill['bill_id']}")).json()["status"] == "paid"
+
+        rest = {"amount": "300.00", "payment_reference": "F-1"}
+        refunded = await s.post(f"/contracts/{cid}/refunds", rest, key="refund-fee")
+        assert refunded.status_code == 201
+        replay = await s.post(f"/contracts/{cid}/refunds", rest, key="refund-fee")
+        assert replay.json() == refunded.json() and replay.headers["Idempotent-Replay"] == "true"
+        shown = (await s.http.get(f"/bills/{bill['bill_id']}")).json()
+        assert shown["status"] == "refunded" and shown["refunded_at"] is not None
+        # Asked again under another key: the money is back already, that refund is the answer.
+        again = await s.post(f"/contracts/{cid}/refunds", rest, key="refund-fee-2")
+        assert (again.status_code, again.json()) == (200, refunded.json())
+        whole = {"amount": "360.01", "payment_reference": "F-1"}
+        more = await s.post(f"/contracts/{cid}/refunds", whole)
+        assert more.status_code == 409 and more.json()["error"] == "refund_exceeds_paid"
+
+        # The deposit is untouched by the fee's refunds, and given back on its own.
+        state = await s.contract(cid)
+        assert (state["paid"], state["refunded"]) == ("659.00", "360.00")
+        deposit = {"amount": "299.00", "payment_reference": "DEP-1"}
+        assert (await s.post(f"/contracts/{cid}/refunds", deposit)).status_code == 201
+        assert (await s.contract(cid))["refunded"] == "659.00"
+
+
+async def test_termination_ends_the_contract_once(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        cid = await live_contract(s)
+        unpaid = await issue_bill(s, cid)
+        ended = await s.post(f"/contracts/{cid}/termination", {"reason": "merchant closed"})
+        assert ended.status_code == 200, ended.text
+        assert steps.Undone.model_validate(ended.json()) == steps.Undone(
+            reference=cid, detail="terminated: merchant closed"
+        )
+        again = await s.post(f"/contracts/{cid}/termination", {"reason": "contract end"})
+        assert (again.status_code, again.json()) == (200, ended.json())
+
+        state = await s.contract(cid)
+        assert (state["status"], state["termination_reason"]) == ("terminated", "merchant closed")
+        assert state["terminated_at"] is not None and state["deposit_due"] == "0.00"
+        assert [h["kind"] for h in state["history"]].count("terminated") == 1
+        assert state["refunded"] == "0.00"  # no money moves on termination
+
+        bill = await s.post(f"/contracts/{cid}/bills", bill_body(2))
+        assert bill.status_code == 409 and bill.json()["error"] == "contract_terminated"
+        late = await s.post(f"/bills/{unpaid['bill_id']}/payments", {"amount": "360.00"})
+        assert late.status_code == 409 and late.json()["error"] == "contract_terminated"
+        void = await s.post(f"/contracts/{cid}/void", {"reason": "withdrawn"})
+        assert void.status_code == 409 and void.json()["error"] == "contract_terminated"
+        sign = await s.post(f"/contracts/{cid}/signature", {"signer_name": "B"})
+        assert sign.status_code == 409 and sign.json()["error"] == "contract_terminated"
+        # The deposit still comes back, payment by payment.
+        deposit = {"amount": "299.00", "payment_reference": "DEP-1"}
+        assert (await s.post(f"/contracts/{cid}/refunds", deposit)).status_code == 201
+
+
+async def test_auto_payer_heeds_the_merchant_markers(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        past = datetime.now(UTC) - timedelta(days=1)
+        future = datetime.now(UTC) + timedelta(days=30)
+        bills = {}
+        for name, due in [
+            ("杭州西湖小吃店", future),
+            ("慢付商店 [late]", future),
+            ("逾期商店 [late]", past),
+            ("不付商店 [unpaid]", past),
+        ]:
+            cid = await live_contract(s, merchant_name=name)
+            bills[name] = (await issue_bill(s, cid, due_at=due))["bill_id"]
+        ended = await live_contract(s, merchant_name="已终止")
+        bills["已终止"] = (await issue_bill(s, ended))["bill_id"]
+        await s.post(f"/contracts/{ended}/termination", {"reason": "closed"})
+
+        assert auto_pay_due(s.service, 0.0) == 2
+        statuses = {
+            name: (await s.http.get(f"/bills/{bill_id}")).json()["status"]
+            for name, bill_id in bills.items()
+        }
+        assert statuses == {
+            "杭州西湖小吃店": "paid",
+            "慢付商店 [late]": "issued",
+            "逾期商店 [late]": "paid",
+            "不付商店 [unpaid]": "issued",
+            "已终止": "issued",
+        }
+        assert auto_pay_due(s.service, 0.0) == 0
+
+
+async def test_auto_payer_pays_in_the_background(tmp_path: Path) -> None:
+    async with stack(tmp_path, auto_pay_bills="true", auto_pay_delay_ms="50") as s:
+        cid = await live_contract(s)
+        bill = await issue_bill(s, cid)
+        [fee] = fee_payments(await s.recorder.wait_for(3))
+        assert (fee.bill_id, fee.payment_reference) == (bill["bill_id"], f"AUTO-{bill['bill_id']}")
+        assert (await s.http.get(f"/bills/{bill['bill_id']}")).json()["status"] == "paid"
+
+
+def test_auto_pay_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = ServiceConfig(name="contract", database_url="sqlite://")
+    monkeypatch.delenv("POSFLOW_CONTRACT_AUTO_PAY", raising=False)
+    monkeypatch.delenv("POSFLOW_CONTRACT_AUTO_PAY_DELAY_MS", raising=False)
+    assert auto_pay_settings(config) == (False, 0.5)
+    monkeypatch.setenv("POSFLOW_CONTRACT_AUTO_PAY", "TRUE")
+    monkeypatch.setenv("POSFLOW_CONTRACT_AUTO_PAY_DELAY_MS", "20")
+    assert auto_pay_settings(config) == (True, 0.02)
+    options = {"auto_pay_delay_ms": "100"}
+    assert auto_pay_settings(ServiceConfig("contract", "sqlite://", options=options)) == (True, 0.1)
+
+
+async def test_after_go_live_activities_against_the_service(tmp_path: Path) -> None:
+    env = ActivityEnvironment()
+    async with stack(tmp_path) as s:
+        acts = contract_activities(s.url)
+        cid = await live_contract(s)
+        request = steps.IssueBill(
+            idempotency_key="merchant-1/bill/1",
+            application_id="APP-1",
+            merchant_id=MID,
+            contract_id=cid,
+            period=1,
+            annual_fee=Decimal("300"),
+            service_fee=Decimal("60"),
+            amount=Decimal("360"),
+            due_at=datetime(2026, 3, 1, tzinfo=UTC),
+        )
+        bill = await env.run(acts.issue_bill, request)
+        assert type(bill) is steps.BillIssued and bill.amount == Decimal("360.00")
+        assert await env.run(acts.issue_bill, request) == bill  # a retry: the same bill
+        with pytest.raises(ApplicationError) as unsent:
+            await env.run(
+                acts.issue_bill,
+                request.model_copy(update={"idempotency_key": "k-2", "merchant_id": None}),
+            )
+        assert unsent.value.non_retryable and unsent.value.type == "invalid_request"
+
+        paid = await s.post(f"/bills/{bill.bill_id}/payments", {"amount": "360.00"})
+        reference = paid.json()["payment_reference"]
+        refund = steps.RefundPayment(
+            idempotency_key="merchant-1/refund/1",
+            application_id="APP-1",
+            merchant_id=MID,
+            contract_id=cid,
+            amount=Decimal("360.00"),
+            payment_reference=reference,
+        )
+        refunded = await env.run(acts.refund_payment, refund)
+        assert type(refunded) is steps.Refunded
+        assert await env.run(acts.refund_payment, refund) == refunded
+        assert (await s.http.get(f"/bills/{bill.bill_id}")).json()["status"] == "refunded"
+
+        terminate = steps.TerminateContract(
+            idempotency_key="merchant-1/terminate",
+            application_id="APP-1",
+            merchant_id=MID,
+            contract_id=cid,
+            reason="closed",
+        )
+        undone = await env.run(acts.terminate_contract, terminate)
+        assert undone == steps.Undone(reference=cid, detail="terminated: closed")
+        other_key = terminate.model_copy(update={"idempotency_key": "k-3"})
+        assert await env.run(acts.terminate_contract, other_key) == undone
+        with pytest.raises(ApplicationError) as refused:
+            await env.run(
+                acts.issue_bill, request.model_copy(update={"idempotency_key": "k-4", "period": 2})
+            )
+        assert refused.value.non_retryable and refused.value.type == "contract_terminated"
+        assert set(acts.all()) >= {acts.issue_bill, acts.refund_payment, acts.terminate_contract}
+        await acts.client.aclose()
