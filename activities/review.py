@@ -2,10 +2,15 @@
 escalate an overdue review, and close the case when the application is undone. Each calls the
 review service over HTTP with the step's idempotency key, so a retried activity repeats nothing.
 
+After go-live, the merchant workflow opens a rebinding review of a new settlement account.
+
 Decisions and survey results are not returned here: the review service sends them to the gateway
-as signed callbacks, which deliver them to the workflow."""
+as signed callbacks, which deliver them to the workflow (a rebinding decision to the merchant's)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from temporalio import activity
 
@@ -19,6 +24,16 @@ SERVICE = "review"
 class ReviewActivities:
     def __init__(self, client: ServiceClient) -> None:
         self.client = client
+
+    def all(self) -> list[Callable[..., Any]]:
+        """The activities to register on a worker."""
+        return [
+            self.open_review_case,
+            self.request_site_survey,
+            self.escalate_review,
+            self.close_review_case,
+            self.open_rebinding_review,
+        ]
 
     @activity.defn(name=catalog.OPEN_REVIEW_CASE)
     async def open_review_case(self, request: steps.OpenReviewCase) -> steps.ReviewCaseOpened:
@@ -52,6 +67,14 @@ class ReviewActivities:
             steps.Undone,
             fields={"application_id", "reason"},
         )
+
+    @activity.defn(name=catalog.OPEN_REBINDING_REVIEW)
+    async def open_rebinding_review(
+        self, request: steps.OpenRebindingReview
+    ) -> steps.RebindingReviewOpened:
+        """Open the review of a merchant's new settlement account (the MID as `merchant_id`,
+        else the step's `mid`); the decision comes back as a callback."""
+        return await self.client.send("/rebinding-reviews", request, steps.RebindingReviewOpened)
 
 
 def review_activities(base_url: str | None = None) -> ReviewActivities:

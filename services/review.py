@@ -21,7 +21,14 @@ is divisible by 5 needs better premises photos; the rest are approved. A high-ri
 its survey to be requested and completed first. It decides through the same
 function as the decision endpoint, so its callbacks are the same.
 
-Documents' numbers (ID, account) are never stored or logged here: only the kinds of documents.
+After go-live a merchant's new settlement account is reviewed too (重新绑定): a rebinding review
+(`POST /rebinding-reviews`, case ids `RB-...`) is decided approved or refused with reasons
+(`POST /rebinding-reviews/{case_id}/decision`, once), and the decision is sent to the merchant's
+route as `RebindingDecision`. The auto-reviewer, when on, decides rebinding reviews open longer
+than its delay: approved, unless the holder's name holds the marker `[refuse]`.
+
+Documents' numbers (ID, account) are never stored or logged here: only the kinds of documents,
+and of a rebinding account its last four digits.
 """
 
 from __future__ import annotations
@@ -42,15 +49,22 @@ from fastapi import Header, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from pydantic import Field as PydanticField
-from sqlalchemy import UniqueConstraint
+from sqlalchemy import UniqueConstraint, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from schemas.application import Address, Model
 from schemas.documents import Document, DocumentKind
+from schemas.merchant import MID_PATTERN, RebindingDecision
 from schemas.messages import ReviewDecision, ReviewOutcome, SiteSurveyResult
 from schemas.policy import RiskLevel
-from schemas.steps import Escalated, ReviewCaseOpened, SiteSurveyRequested, Undone
+from schemas.steps import (
+    Escalated,
+    RebindingReviewOpened,
+    ReviewCaseOpened,
+    SiteSurveyRequested,
+    Undone,
+)
 from services.base import (
     Service,
     ServiceConfig,
@@ -59,6 +73,7 @@ from services.base import (
     create_service,
     enqueue_callback,
     idempotent,
+    merchant_callback_path,
 )
 
 log = structlog.get_logger(__name__)
@@ -71,6 +86,8 @@ DEFAULT_PROHIBITED_CATEGORIES = frozenset({"gaming_tokens", "prepaid_cards"})
 DEFAULT_AUTO_DELAY_MS = 500
 AUTO_REVIEWER = "auto-reviewer"
 AUTO_SURVEYOR = "auto-surveyor"
+# A holder's name with this marker is refused by the demo auto-reviewer.
+REFUSE_MARKER = "[refuse]"
 
 
 def _now() -> datetime:
@@ -236,11 +253,39 @@ class ReviewEscalationRow(SQLModel, table=True):
     created_at: datetime = Field(default_factory=_now)
 
 
+class RebindingStatus(StrEnum):
+    OPEN = "open"
+    DECIDED = "decided"
+
+
+class RebindingReviewRow(SQLModel, table=True):
+    """A merchant's new settlement account under review; decided once."""
+
+    __tablename__ = "review_rebindings"
+
+    case_id: str = Field(primary_key=True)
+    mid: str = Field(index=True)
+    application_id: str = ""
+    merchant_name: str
+    holder_name: str
+    bank_name: str
+    account_kind: str
+    account_last4: str  # never more of the number
+    status: str = Field(default=RebindingStatus.OPEN.value, index=True)
+    approved: bool | None = None
+    reasons: str = "[]"
+    reviewer: str = ""
+    decision_id: str | None = None
+    opened_at: datetime = Field(default_factory=_now, index=True)
+    decided_at: datetime | None = None
+
+
 TABLES: list[type[SQLModel]] = [
     ReviewCaseRow,
     ReviewDecisionRow,
     ReviewSurveyRow,
     ReviewEscalationRow,
+    RebindingReviewRow,
 ]
 
 
@@ -293,6 +338,66 @@ class EscalationRequest(Model):
 class CloseRequest(Model):
     reason: str = PydanticField(min_length=1, max_length=500)
     application_id: str | None = None
+
+
+class OpenRebindingRequest(Model):
+    """`schemas.steps.OpenRebindingReview` without its key. The MID is `merchant_id`; the step's
+    `mid`, when sent as well, must be the same."""
+
+    merchant_id: str | None = PydanticField(default=None, pattern=MID_PATTERN)
+    mid: str | None = PydanticField(default=None, pattern=MID_PATTERN)
+    application_id: str | None = PydanticField(default=None, max_length=80)
+    merchant_name: str = PydanticField(min_length=1, max_length=120)
+    holder_name: str = PydanticField(min_length=1, max_length=120)
+    bank_name: str = PydanticField(min_length=1, max_length=80)
+    account_kind: str = PydanticField(min_length=1, max_length=40)
+    account_last4: str = PydanticField(min_length=1, max_length=4)
+
+    def merchant(self) -> str:
+        if self.merchant_id and self.mid and self.merchant_id != self.mid:
+            raise ServiceError(
+                422,
+                "invalid_request",
+                "merchant_id and mid name different merchants",
+                {"mid": "must equal merchant_id"},
+            )
+        mid = self.merchant_id or self.mid
+        if not mid:
+            raise ServiceError(
+                422,
+                "invalid_request",
+                "the merchant's MID is required",
+                {"merchant_id": "the merchant's MID is required"},
+            )
+        return mid
+
+
+class RebindingDecisionRequest(Model):
+    approved: bool
+    reasons: list[str] = PydanticField(default_factory=list, max_length=20)
+    reviewer: str = PydanticField(min_length=1, max_length=80)
+
+
+class RebindingReviewView(Model):
+    case_id: str
+    merchant_id: str
+    application_id: str
+    merchant_name: str
+    holder_name: str
+    bank_name: str
+    account_kind: str
+    account_last4: str
+    status: RebindingStatus
+    approved: bool | None
+    reasons: list[str]
+    reviewer: str
+    decision_id: str | None
+    opened_at: datetime
+    decided_at: datetime | None
+
+
+class RebindingReviewList(Model):
+    reviews: list[RebindingReviewView]
 
 
 class SurveyView(Model):
@@ -647,6 +752,110 @@ def close_case(session: Session, case_id: str, request: CloseRequest) -> Undone:
     return Undone(reference=case_id, detail=f"closed: {request.reason}")
 
 
+# --- rebinding reviews (after go-live) -------------------------------------------------------
+
+
+def rebinding_view(row: RebindingReviewRow) -> RebindingReviewView:
+    return RebindingReviewView(
+        case_id=row.case_id,
+        merchant_id=row.mid,
+        application_id=row.application_id,
+        merchant_name=row.merchant_name,
+        holder_name=row.holder_name,
+        bank_name=row.bank_name,
+        account_kind=row.account_kind,
+        account_last4=row.account_last4,
+        status=RebindingStatus(row.status),
+        approved=row.approved,
+        reasons=json.loads(row.reasons),
+        reviewer=row.reviewer,
+        decision_id=row.decision_id,
+        opened_at=_utc(row.opened_at),
+        decided_at=_utc(row.decided_at) if row.decided_at else None,
+    )
+
+
+def _rebinding(session: Session, case_id: str) -> RebindingReviewRow:
+    row = session.get(RebindingReviewRow, case_id)
+    if row is None:
+        raise ServiceError(
+            404, "case_not_found", f"no rebinding review {case_id}", {"case_id": case_id}
+        )
+    return row
+
+
+def open_rebinding(session: Session, request: OpenRebindingRequest) -> RebindingReviewOpened:
+    row = RebindingReviewRow(
+        case_id=f"RB-{uuid.uuid4().hex}",
+        mid=request.merchant(),
+        application_id=request.application_id or "",
+        merchant_name=request.merchant_name,
+        holder_name=request.holder_name,
+        bank_name=request.bank_name,
+        account_kind=request.account_kind,
+        account_last4=request.account_last4,
+    )
+    session.add(row)
+    log.info("rebinding_review_opened", case_id=row.case_id, mid=row.mid)
+    return RebindingReviewOpened(case_id=row.case_id)
+
+
+def decide_rebinding(
+    session: Session, case_id: str, request: RebindingDecisionRequest
+) -> RebindingDecision:
+    """Approve or refuse the new account, once, and queue the decision to the merchant's route."""
+    row = _rebinding(session, case_id)
+    if row.status != RebindingStatus.OPEN:
+        raise ServiceError(409, "already_decided", f"rebinding review {case_id} is already decided")
+    if not request.approved and not request.reasons:
+        raise ServiceError(
+            422,
+            "invalid_decision",
+            "a refusal must give its reasons",
+            {"reasons": "a refusal must give its reasons"},
+        )
+    try:
+        decision = RebindingDecision(
+            decision_id=_new_id("rd"),
+            case_id=case_id,
+            approved=request.approved,
+            reasons=request.reasons,
+            reviewer=request.reviewer,
+        )
+    except ValidationError as err:
+        fields = {".".join(str(p) for p in e["loc"]) or "decision": e["msg"] for e in err.errors()}
+        raise ServiceError(422, "invalid_decision", "the decision is incomplete", fields) from err
+    # Only while still open: a reviewer and the auto-reviewer never both decide and call back.
+    result = session.execute(
+        update(RebindingReviewRow)
+        .where(
+            col(RebindingReviewRow.case_id) == case_id,
+            col(RebindingReviewRow.status) == RebindingStatus.OPEN.value,
+        )
+        .values(
+            status=RebindingStatus.DECIDED.value,
+            approved=decision.approved,
+            reasons=json.dumps(decision.reasons),
+            reviewer=decision.reviewer,
+            decision_id=decision.decision_id,
+            decided_at=_now(),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(result, "rowcount", 0) != 1:
+        raise ServiceError(409, "already_decided", f"rebinding review {case_id} is already decided")
+    path = merchant_callback_path(row.mid, "rebinding-decision")
+    enqueue_callback(session, NAME, path, decision)
+    log.info(
+        "rebinding_decided",
+        case_id=case_id,
+        mid=row.mid,
+        approved=decision.approved,
+        reviewer=decision.reviewer,
+    )
+    return decision
+
+
 # --- the auto-reviewer -----------------------------------------------------------------------
 
 
@@ -666,6 +875,17 @@ def auto_decision(rules: ReviewRules, row: ReviewCaseRow) -> DecisionRequest:
             reviewer=AUTO_REVIEWER,
         )
     return DecisionRequest(decision=ReviewOutcome.APPROVED, reviewer=AUTO_REVIEWER)
+
+
+def auto_rebinding_decision(row: RebindingReviewRow) -> RebindingDecisionRequest:
+    """What the demo's auto-reviewer decides for a new settlement account."""
+    if REFUSE_MARKER in row.holder_name:
+        return RebindingDecisionRequest(
+            approved=False,
+            reasons=["the account holder's name does not match the merchant"],
+            reviewer=AUTO_REVIEWER,
+        )
+    return RebindingDecisionRequest(approved=True, reviewer=AUTO_REVIEWER)
 
 
 def auto_review_once(service: Service, rules: ReviewRules) -> int:
@@ -707,6 +927,25 @@ def auto_review_once(service: Service, rules: ReviewRules) -> int:
             except IntegrityError:
                 session.rollback()
                 log.info("auto_review_skipped", case_id=row.case_id, reason="decided concurrently")
+    with service.session() as session:
+        rebindings = session.exec(
+            select(RebindingReviewRow)
+            .where(
+                RebindingReviewRow.status == RebindingStatus.OPEN.value,
+                col(RebindingReviewRow.opened_at) <= cutoff,
+            )
+            .order_by(col(RebindingReviewRow.opened_at))
+            .limit(50)
+        ).all()
+        for rebinding in rebindings:
+            case_id = rebinding.case_id
+            try:
+                decide_rebinding(session, case_id, auto_rebinding_decision(rebinding))
+                session.commit()
+                done += 1
+            except ServiceError as err:
+                session.rollback()  # a reviewer got there first: theirs stands
+                log.info("auto_review_skipped", case_id=case_id, reason=err.error)
     return done
 
 
@@ -753,10 +992,13 @@ def _write(
     key: str | None,
     payload: dict[str, Any],
     write: Callable[[Session], BaseModel],
+    status_code: int = 200,
 ) -> JSONResponse:
     with service.session() as session:
         try:
-            return idempotent(session, NAME, key, payload, lambda: write(session))
+            return idempotent(
+                session, NAME, key, payload, lambda: write(session), status_code=status_code
+            )
         except IntegrityError as err:
             session.rollback()
             raise ServiceError(
@@ -838,6 +1080,42 @@ def _routes(rules: ReviewRules) -> Callable[[Service], None]:
         def close(case_id: str, body: CloseRequest, key: IdempotencyKey = None) -> JSONResponse:
             payload = {"case_id": case_id, **body.model_dump(mode="json")}
             return _write(service, key, payload, lambda s: close_case(s, case_id, body))
+
+        @app.post("/rebinding-reviews", status_code=201, response_model=RebindingReviewOpened)
+        def open_rebinding_review(
+            body: OpenRebindingRequest, key: IdempotencyKey = None
+        ) -> JSONResponse:
+            payload = {"rebinding": body.model_dump(mode="json")}
+            return _write(service, key, payload, lambda s: open_rebinding(s, body), 201)
+
+        @app.get("/rebinding-reviews")
+        def list_rebinding_reviews(
+            status: RebindingStatus | None = None,
+            merchant_id: str | None = None,
+            limit: Annotated[int, Query(ge=1, le=500)] = 100,
+        ) -> RebindingReviewList:
+            with service.session() as session:
+                query = select(RebindingReviewRow)
+                if status is not None:
+                    query = query.where(RebindingReviewRow.status == status.value)
+                if merchant_id is not None:
+                    query = query.where(RebindingReviewRow.mid == merchant_id)
+                rows = session.exec(
+                    query.order_by(col(RebindingReviewRow.opened_at)).limit(limit)
+                ).all()
+                return RebindingReviewList(reviews=[rebinding_view(r) for r in rows])
+
+        @app.get("/rebinding-reviews/{case_id}")
+        def get_rebinding_review(case_id: str) -> RebindingReviewView:
+            with service.session() as session:
+                return rebinding_view(_rebinding(session, case_id))
+
+        @app.post("/rebinding-reviews/{case_id}/decision", response_model=RebindingDecision)
+        def rebinding_decision(
+            case_id: str, body: RebindingDecisionRequest, key: IdempotencyKey = None
+        ) -> JSONResponse:
+            payload = {"rebinding_case_id": case_id, **body.model_dump(mode="json")}
+            return _write(service, key, payload, lambda s: decide_rebinding(s, case_id, body))
 
     return setup
 

@@ -1,6 +1,7 @@
 """The review service over real HTTP: cases and rounds, idempotent writes, signed decision and
 survey callbacks (retried until the gateway takes them), restarts, the demo auto-reviewer, and the
-Temporal activities that call it."""
+Temporal activities that call it; after go-live, rebinding reviews and their decisions, called back
+to the merchant's route."""
 
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ from temporalio.testing import ActivityEnvironment
 from activities.review import review_activities
 from schemas import steps
 from schemas.application import Application
+from schemas.merchant import RebindingDecision
 from schemas.messages import ReviewDecision, ReviewOutcome, SiteSurveyResult
 from schemas.policy import RiskLevel
 from services.base import Callback, Service, ServiceConfig
-from services.review import ReviewRules, build, stable_bucket
+from services.review import ReviewRules, auto_review_once, build, stable_bucket
 from tests.factories import enterprise_application, individual_application, valid_documents
 from tests.servers import CallbackRecorder, free_port, serving
 
@@ -477,3 +479,158 @@ def test_rules_come_from_options_then_the_environment(monkeypatch: pytest.Monkey
     assert not rules.auto_review
     assert rules.risk_level("individual", "pawnshop", []) is RiskLevel.HIGH
     assert rules.risk_level("individual", "jewelry", []) is RiskLevel.LOW
+
+
+# --- rebinding reviews (after go-live) -------------------------------------------------------
+
+MID = "102310058120001"
+
+
+def rebinding_request(holder: str = "杭州西湖小吃店", **changes: Any) -> steps.OpenRebindingReview:
+    request = steps.OpenRebindingReview(
+        idempotency_key=key(),
+        application_id="APP-LIVE",
+        merchant_id=MID,
+        mid=MID,
+        merchant_name="杭州西湖小吃店",
+        holder_name=holder,
+        bank_name="中国工商银行",
+        account_kind="corporate",
+        account_last4="6789",
+    )
+    return request.model_copy(update=changes)
+
+
+async def open_rebinding(stack: Stack, holder: str = "杭州西湖小吃店") -> str:
+    response = await stack.post("/rebinding-reviews", body(rebinding_request(holder)))
+    assert response.status_code == 201, response.text
+    return str(response.json()["case_id"])
+
+
+async def test_rebinding_review_decisions_are_called_back_to_the_merchant(
+    stack: Stack, recorder: tuple[CallbackRecorder, str]
+) -> None:
+    rec, _ = recorder
+    request = body(rebinding_request())
+    opened = await stack.post("/rebinding-reviews", request, idem="rebind-1")
+    assert opened.status_code == 201, opened.text
+    case_id = steps.RebindingReviewOpened.model_validate(opened.json()).case_id
+    assert case_id.startswith("RB-")
+    replay = await stack.post("/rebinding-reviews", request, idem="rebind-1")
+    assert (replay.status_code, replay.json()) == (201, opened.json())
+    assert replay.headers["Idempotent-Replay"] == "true"
+    shown = (await stack.client.get(f"/rebinding-reviews/{case_id}")).json()
+    assert (shown["status"], shown["merchant_id"], shown["account_last4"]) == ("open", MID, "6789")
+
+    bare = await stack.post(
+        f"/rebinding-reviews/{case_id}/decision", {"approved": False, "reviewer": "li"}
+    )
+    assert bare.status_code == 422 and "reasons" in bare.json()["fields"]
+    refused = await stack.post(
+        f"/rebinding-reviews/{case_id}/decision",
+        {"approved": False, "reasons": ["holder is not the merchant"], "reviewer": "li"},
+    )
+    assert refused.status_code == 200, refused.text
+    twice = await stack.post(
+        f"/rebinding-reviews/{case_id}/decision", {"approved": True, "reviewer": "wang"}
+    )
+    assert (twice.status_code, twice.json()["error"]) == (409, "already_decided")
+
+    other = await open_rebinding(stack)
+    approved = await stack.post(
+        f"/rebinding-reviews/{other}/decision", {"approved": True, "reviewer": "wang"}
+    )
+    assert approved.status_code == 200, approved.text
+
+    received = await rec.wait_for(2)
+    assert [path for path, _ in received] == [f"/api/merchants/{MID}/rebinding-decision"] * 2
+    first, second = (RebindingDecision.model_validate(sent) for _, sent in received)
+    assert first == RebindingDecision.model_validate(refused.json())
+    assert (first.case_id, first.approved, first.reasons) == (
+        case_id,
+        False,
+        ["holder is not the merchant"],
+    )
+    assert (second.case_id, second.approved, second.reviewer) == (other, True, "wang")
+    events = (await stack.client.get(f"/merchants/{MID}/events")).json()["events"]
+    assert [(e["kind"], e["body"]["decision_id"]) for e in events] == [
+        ("rebinding-decision", first.decision_id),
+        ("rebinding-decision", second.decision_id),
+    ]
+
+    decided = (await stack.client.get(f"/rebinding-reviews/{case_id}")).json()
+    assert (decided["status"], decided["approved"], decided["reviewer"]) == ("decided", False, "li")
+    listed = (await stack.client.get("/rebinding-reviews", params={"merchant_id": MID})).json()[
+        "reviews"
+    ]
+    assert [r["case_id"] for r in listed] == [case_id, other]
+    unknown = await stack.post(
+        "/rebinding-reviews/RB-nope/decision", {"approved": True, "reviewer": "li"}
+    )
+    assert unknown.status_code == 404
+
+
+async def test_rebinding_review_needs_its_merchant(stack: Stack) -> None:
+    no_mid = await stack.post(
+        "/rebinding-reviews", body(rebinding_request(merchant_id=None, mid=None))
+    )
+    assert no_mid.status_code == 422 and "merchant_id" in no_mid.json()["fields"]
+    two = await stack.post("/rebinding-reviews", body(rebinding_request(mid="102310058120002")))
+    assert two.status_code == 422 and "mid" in two.json()["fields"]
+    full_number = await stack.post(
+        "/rebinding-reviews", {**body(rebinding_request()), "account_last4": "6222020200112233"}
+    )
+    assert full_number.status_code == 422 and "account_last4" in full_number.json()["fields"]
+    assert (await stack.client.get("/rebinding-reviews")).json()["reviews"] == []
+
+
+async def test_auto_reviewer_decides_rebinding_reviews(
+    stack: Stack, recorder: tuple[CallbackRecorder, str]
+) -> None:
+    rec, _ = recorder
+    approve = await open_rebinding(stack)
+    refuse = await open_rebinding(stack, holder="王五 [refuse]")
+    rules = ReviewRules(auto_review=True, auto_delay=timedelta(0))
+    assert auto_review_once(stack.service, rules) == 2
+    assert auto_review_once(stack.service, rules) == 0  # decided once
+    decisions = {
+        d.case_id: d
+        for d in (RebindingDecision.model_validate(sent) for _, sent in await rec.wait_for(2))
+    }
+    assert (decisions[approve].approved, decisions[approve].reviewer) == (True, "auto-reviewer")
+    assert decisions[refuse].approved is False and decisions[refuse].reasons
+
+
+async def test_auto_reviewer_in_the_background_decides_rebinding_reviews(
+    tmp_path: Path, recorder: tuple[CallbackRecorder, str]
+) -> None:
+    rec, gateway = recorder
+    async with running(
+        tmp_path / "auto.db", gateway, auto_review="true", auto_review_delay_ms="20"
+    ) as s:
+        case_id = await open_rebinding(s)
+        [(path, sent)] = await rec.wait_for(1)
+        assert path == f"/api/merchants/{MID}/rebinding-decision"
+        assert RebindingDecision.model_validate(sent).case_id == case_id
+
+
+async def test_open_rebinding_review_activity(stack: Stack) -> None:
+    acts = review_activities(stack.url)
+    env = ActivityEnvironment()
+    try:
+        request = rebinding_request()
+        opened = await env.run(acts.open_rebinding_review, request)
+        assert isinstance(opened, steps.RebindingReviewOpened)
+        assert await env.run(acts.open_rebinding_review, request) == opened  # a retry
+        by_mid = rebinding_request(merchant_id=None)
+        assert (await env.run(acts.open_rebinding_review, by_mid)).case_id != opened.case_id
+        shown = (await stack.client.get(f"/rebinding-reviews/{opened.case_id}")).json()
+        assert (shown["merchant_id"], shown["application_id"]) == (MID, "APP-LIVE")
+        with pytest.raises(ApplicationError) as refused:
+            await env.run(
+                acts.open_rebinding_review, rebinding_request(merchant_id=None, mid="123")
+            )
+        assert refused.value.non_retryable and refused.value.type == "invalid_request"
+        assert acts.open_rebinding_review in acts.all()
+    finally:
+        await acts.client.aclose()
