@@ -1,6 +1,9 @@
 """The sandbox device service (terminal management): device models and their inventory of serial
 numbers, reservations, MID/TID registration, activation codes, activation and binding of a
-terminal to its merchant, test transactions, and switching acquiring on.
+terminal to its merchant, test transactions, and switching acquiring on. After go-live, the
+merchant's account: acquiring suspended and reinstated, more terminals under its MID, a faulty
+terminal swapped (换机), a terminal unbound and sent back, the settlement account re-bound (the
+old bindings kept), and the merchant retired (注销) with every TID and its MID.
 
 Every write first "claims" the row it changes with a conditional UPDATE, so the rest of the
 transaction runs under that row's write lock (SQLite serialises writers; PostgreSQL locks the
@@ -13,7 +16,12 @@ leaves a terminal that is with the merchant or in a parcel `returning`, and a ch
 again for every returning terminal until logistics reports it back (its return parcel delivered
 to the warehouse, a recalled parcel arrived). Reading, never being told, keeps it simple and
 sound: nothing to lose or reorder between the services, and if logistics cannot be reached a
-terminal stays `returning` (never wrongly `in_stock`) until it can.
+terminal stays `returning` (never wrongly `in_stock`) until it can. A terminal unbound from its
+merchant after go-live (swapped out, returned at closure) comes back the same way.
+
+A step the merchant workflow asks for carries `merchant_id` (its MID): an activation it leads to
+is called back to the merchant's routes (`/api/merchants/{mid}/activation`), not the
+application's.
 """
 
 from __future__ import annotations
@@ -45,7 +53,8 @@ from services.base import (
     Service,
     ServiceConfig,
     ServiceError,
-    callback_path,
+    add_missing_columns,
+    callback_path_for,
     create_service,
     enqueue_callback,
     idempotent,
@@ -84,7 +93,15 @@ class TerminalStatus:
     REGISTERED = "registered"
     ACTIVATED = "activated"
     RETURNING = "returning"  # released, not back on the shelf yet (with the merchant, in transit)
+    FAULTY = "faulty"  # swapped out: still with the merchant, no TID, to be unbound and returned
     RELEASED = "released"  # a reservation's state; its terminals are in_stock or returning
+
+
+class MerchantState:
+    REGISTERED = "registered"  # acquiring not switched on yet (onboarding)
+    ENABLED = "enabled"
+    SUSPENDED = "suspended"  # acquiring off until reinstated: its terminals take no payments
+    RETIRED = "retired"  # closed for good: the MID and its TIDs are never issued again
 
 
 class DeviceModel(SQLModel, table=True):
@@ -118,6 +135,8 @@ class Reservation(SQLModel, table=True):
     status: str = TerminalStatus.RESERVED  # reserved | registered | released
     mid: str | None = None
     release_reason: str = ""
+    # The merchant workflow's MID when it reserved (more terminals, a replacement).
+    merchant_id: str | None = None
     created_at: datetime = Field(default_factory=_now)
     updated_at: datetime = Field(default_factory=_now)
 
@@ -136,6 +155,21 @@ class Merchant(SQLModel, table=True):
     retired_at: datetime | None = None
     created_at: datetime = Field(default_factory=_now)
     updated_at: datetime = Field(default_factory=_now)
+    # After go-live (nullable: a table from before them gets them added).
+    suspended_at: datetime | None = None
+    suspension_reason: str | None = None
+    reinstated_at: datetime | None = None
+    retirement_reason: str | None = None
+
+
+def merchant_state(merchant: Merchant) -> str:
+    if merchant.retired_at is not None:
+        return MerchantState.RETIRED
+    if merchant.suspended_at is not None:
+        return MerchantState.SUSPENDED
+    if merchant.acquiring_enabled_at is not None:
+        return MerchantState.ENABLED
+    return MerchantState.REGISTERED
 
 
 class TerminalId(SQLModel, table=True):
@@ -160,6 +194,8 @@ class ActivationCodeRow(SQLModel, table=True):
     issued_at: datetime = Field(default_factory=_now, index=True)
     used_at: datetime | None = None
     revoked_at: datetime | None = None
+    # Set when the merchant workflow asked for the code: the activation is called back to it.
+    merchant_id: str | None = None
 
 
 class TestTransaction(SQLModel, table=True):
@@ -176,6 +212,50 @@ class TestTransaction(SQLModel, table=True):
     created_at: datetime = Field(default_factory=_now)
 
 
+class Swap(SQLModel, table=True):
+    """A faulty terminal replaced under the same MID (换机): what the replacement got."""
+
+    __tablename__ = "device_swaps"
+
+    id: str = Field(primary_key=True)
+    mid: str = Field(index=True)
+    faulty_serial: str = Field(index=True)
+    replacement_serial: str = Field(index=True)
+    reservation_id: str
+    tid: str  # the replacement's
+    retired_tid: str | None = None  # the faulty unit's, when it did not move
+    created_at: datetime = Field(default_factory=_now)
+
+
+class Unbinding(SQLModel, table=True):
+    """A terminal taken off its merchant after go-live, and why."""
+
+    __tablename__ = "device_unbindings"
+
+    id: int | None = Field(default=None, primary_key=True)
+    serial: str = Field(index=True)
+    mid: str = Field(index=True)
+    tid: str | None = None  # retired with the unbinding
+    reason: str
+    unbound_at: datetime = Field(default_factory=_now)
+
+
+class SettlementBinding(SQLModel, table=True):
+    """A settlement account a merchant settles to; the earlier ones stay, `unbound_at` set. Only
+    the last four digits are known here."""
+
+    __tablename__ = "device_settlement_bindings"
+
+    binding_id: str = Field(primary_key=True)
+    mid: str = Field(index=True)
+    holder_name: str
+    bank_name: str
+    account_kind: str = ""  # unknown for the binding made at registration
+    account_last4: str = ""
+    bound_at: datetime = Field(default_factory=_now)
+    unbound_at: datetime | None = None
+
+
 TABLES: list[type[SQLModel]] = [
     DeviceModel,
     Terminal,
@@ -184,16 +264,46 @@ TABLES: list[type[SQLModel]] = [
     TerminalId,
     ActivationCodeRow,
     TestTransaction,
+    Swap,
+    Unbinding,
+    SettlementBinding,
 ]
+# Tables an older version created, and the nullable columns this one added to them.
+UPGRADED: tuple[type[SQLModel], ...] = (Reservation, Merchant, ActivationCodeRow)
 
 
 # --- request and response bodies (the step's fields; the key travels in the header) -----------
+
+MID_PATTERN = r"^\d{15}$"
+# `merchant_id` on a body: the merchant workflow's MID on a step it asks for (after go-live);
+# absent on onboarding's steps.
+
+
+def _payload(body: BaseModel, **extra: str) -> dict[str, Any]:
+    """What an idempotency key is bound to: the body without an unset `merchant_id`, so an
+    onboarding request fingerprints as it did before the field existed (a key recorded by an
+    older version still replays)."""
+    data = body.model_dump(mode="json")
+    if data.get("merchant_id") is None:
+        data.pop("merchant_id", None)
+    return {**extra, **data}
+
+
+def _same_merchant(merchant_id: str | None, mid: str) -> None:
+    if merchant_id is not None and merchant_id != mid:
+        raise ServiceError(
+            422,
+            "wrong_merchant",
+            f"the step is the merchant {merchant_id}'s, not {mid}'s",
+            {"merchant_id": "is not the MID the step is for"},
+        )
 
 
 class ReserveBody(Model):
     application_id: str = PydanticField(min_length=1, max_length=80)
     model: str = PydanticField(min_length=1, max_length=40)
     quantity: int = PydanticField(ge=1, le=100)
+    merchant_id: str | None = PydanticField(default=None, pattern=MID_PATTERN)
 
 
 class RegisterBody(Model):
@@ -214,6 +324,7 @@ class IssueCodesBody(Model):
     application_id: str = PydanticField(min_length=1, max_length=80)
     mid: str
     terminals: list[steps.TerminalIds] = PydanticField(min_length=1)
+    merchant_id: str | None = PydanticField(default=None, pattern=MID_PATTERN)
 
 
 class ActivateBody(Model):
@@ -227,11 +338,56 @@ class TestTransactionBody(Model):
     mid: str
     serial: str
     tid: str
+    merchant_id: str | None = PydanticField(default=None, pattern=MID_PATTERN)
 
 
 class AcquiringBody(Model):
     application_id: str = PydanticField(min_length=1, max_length=80)
     tids: list[str] = PydanticField(min_length=1)
+
+
+class AcquiringChangeBody(Model):
+    application_id: str = PydanticField(min_length=1, max_length=80)
+    reason: str = PydanticField(min_length=1, max_length=500)
+    merchant_id: str | None = PydanticField(default=None, pattern=MID_PATTERN)
+
+
+class MoreTerminalsBody(Model):
+    application_id: str = PydanticField(min_length=1, max_length=80)
+    reservation_id: str = PydanticField(min_length=1, max_length=80)
+    serials: list[str] = PydanticField(min_length=1)
+    merchant_id: str | None = PydanticField(default=None, pattern=MID_PATTERN)
+
+
+class SwapBody(Model):
+    application_id: str = PydanticField(min_length=1, max_length=80)
+    faulty_serial: str = PydanticField(min_length=1, max_length=40)
+    replacement_serial: str = PydanticField(min_length=1, max_length=40)
+    reservation_id: str = PydanticField(min_length=1, max_length=80)
+    move_tid: bool
+    merchant_id: str | None = PydanticField(default=None, pattern=MID_PATTERN)
+
+
+class UnbindBody(Model):
+    application_id: str = PydanticField(min_length=1, max_length=80)
+    mid: str = PydanticField(pattern=MID_PATTERN)
+    reason: str = PydanticField(min_length=1, max_length=500)
+    merchant_id: str | None = PydanticField(default=None, pattern=MID_PATTERN)
+
+
+class SettlementBody(Model):
+    application_id: str = PydanticField(min_length=1, max_length=80)
+    holder_name: str = PydanticField(min_length=1, max_length=200)
+    bank_name: str = PydanticField(min_length=1, max_length=80)
+    account_kind: str = PydanticField(min_length=1, max_length=40)
+    account_last4: str = PydanticField(pattern=r"^\d{4}$")
+    merchant_id: str | None = PydanticField(default=None, pattern=MID_PATTERN)
+
+
+class RetireBody(Model):
+    application_id: str = PydanticField(min_length=1, max_length=80)
+    reason: str = PydanticField(min_length=1, max_length=500)
+    merchant_id: str | None = PydanticField(default=None, pattern=MID_PATTERN)
 
 
 class ModelStock(Model):
@@ -260,6 +416,48 @@ class TerminalView(Model):
     tid: str | None
     activated_at: datetime | None
     bound_to: Binding | None = None
+
+
+class MerchantTerminalView(Model):
+    serial: str
+    model: str
+    status: str
+    tid: str | None
+    activated_at: datetime | None
+    accepts_payments: bool  # activated, and the merchant's acquiring on and not suspended
+
+
+class TidView(Model):
+    tid: str
+    serial: str  # the terminal it is (or was last) on
+    retired_at: datetime | None
+
+
+class SettlementView(Model):
+    binding_id: str | None  # None: the account given at registration, never re-bound
+    holder_name: str
+    bank_name: str
+    account_kind: str
+    account: str  # masked: only the last four digits are known here
+    bound_at: datetime
+    unbound_at: datetime | None
+
+
+class MerchantView(Model):
+    mid: str
+    application_id: str
+    merchant_name: str
+    state: str  # registered | enabled | suspended | retired
+    acquiring_enabled_at: datetime | None
+    suspended_at: datetime | None
+    suspension_reason: str | None
+    retired_at: datetime | None
+    retirement_reason: str | None
+    terminals: list[MerchantTerminalView]
+    tids: list[TidView]  # every TID ever issued under the MID
+    retired_tids: list[str]
+    settlement: SettlementView | None  # the current binding
+    past_settlements: list[SettlementView]  # earlier bindings, newest first
 
 
 def _view(terminal: Terminal, merchant: Merchant | None = None) -> TerminalView:
@@ -385,6 +583,7 @@ def reserve(session: Session, body: ReserveBody) -> steps.TerminalsReserved:
             application_id=body.application_id,
             model=body.model,
             quantity=body.quantity,
+            merchant_id=body.merchant_id,
         )
     )
     serials = session.exec(
@@ -395,9 +594,18 @@ def reserve(session: Session, body: ReserveBody) -> steps.TerminalsReserved:
     return steps.TerminalsReserved(reservation_id=reservation_id, serials=list(serials))
 
 
+def _draw_mid() -> str:
+    return "898" + "".join(secrets.choice("0123456789") for _ in range(12))
+
+
+def _draw_tid() -> str:
+    return "".join(secrets.choice(_TID_ALPHABET) for _ in range(8))
+
+
 def _new_mid(session: Session) -> str:
+    """A MID never issued before: a retired merchant's row stays, so its MID is never drawn."""
     while True:
-        mid = "898" + "".join(secrets.choice("0123456789") for _ in range(12))
+        mid = _draw_mid()
         if check_mid(mid) is not None:  # the generator's own guard
             raise RuntimeError(f"generated MID {mid!r} is malformed")
         if session.get(Merchant, mid) is None:
@@ -405,12 +613,26 @@ def _new_mid(session: Session) -> str:
 
 
 def _new_tid(session: Session) -> str:
+    """A TID never issued before: a retired TID's row stays (a moved one keeps its row)."""
     while True:
-        tid = "".join(secrets.choice(_TID_ALPHABET) for _ in range(8))
+        tid = _draw_tid()
         if check_tid(tid) is not None:
             raise RuntimeError(f"generated TID {tid!r} is malformed")
         if session.get(TerminalId, tid) is None:
             return tid
+
+
+def _allocate_tid(session: Session, terminal: Terminal, mid: str, reservation_id: str) -> str:
+    """Register `terminal` under `mid` with a new TID, recorded for good."""
+    tid = _new_tid(session)
+    terminal.tid = tid
+    terminal.mid = mid
+    terminal.status = TerminalStatus.REGISTERED
+    terminal.updated_at = _now()
+    session.add(TerminalId(tid=tid, mid=mid, serial=terminal.serial, reservation_id=reservation_id))
+    session.add(terminal)
+    session.flush()
+    return tid
 
 
 def register(
@@ -457,22 +679,8 @@ def register(
         session.flush()
     ids: list[steps.TerminalIds] = []
     for terminal in terminals:
-        if terminal.tid is None:
-            terminal.tid = _new_tid(session)
-            terminal.mid = merchant.mid
-            terminal.status = TerminalStatus.REGISTERED
-            terminal.updated_at = _now()
-            session.add(
-                TerminalId(
-                    tid=terminal.tid,
-                    mid=merchant.mid,
-                    serial=terminal.serial,
-                    reservation_id=reservation_id,
-                )
-            )
-            session.add(terminal)
-            session.flush()
-        ids.append(steps.TerminalIds(serial=terminal.serial, tid=terminal.tid))
+        tid = terminal.tid or _allocate_tid(session, terminal, merchant.mid, reservation_id)
+        ids.append(steps.TerminalIds(serial=terminal.serial, tid=tid))
     reservation.mid = merchant.mid
     reservation.status = TerminalStatus.REGISTERED
     session.add(reservation)
@@ -553,6 +761,7 @@ def release(
 
 
 def issue_codes(session: Session, body: IssueCodesBody) -> steps.ActivationCodesIssued:
+    _same_merchant(body.merchant_id, body.mid)
     merchant = _claim_merchant(session, body.mid)
     codes: list[steps.ActivationCode] = []
     now = _now()
@@ -584,6 +793,7 @@ def issue_codes(session: Session, body: IssueCodesBody) -> steps.ActivationCodes
                 tid=requested.tid,
                 code=code,
                 issued_at=now,
+                merchant_id=body.merchant_id,
             )
         )
         codes.append(steps.ActivationCode(serial=terminal.serial, code=code))
@@ -622,22 +832,26 @@ def activate(session: Session, service_name: str, serial: str, code: str) -> Ter
     enqueue_callback(
         session,
         service_name,
-        callback_path(reservation.application_id, "activation"),
+        callback_path_for(reservation.application_id, issued.merchant_id, "activation"),
         TerminalActivated(event_id=str(uuid.uuid4()), serial=serial, tid=issued.tid),
     )
     return _view(terminal)
 
 
 def test_transaction(session: Session, body: TestTransactionBody) -> steps.TestTransactionResult:
+    _same_merchant(body.merchant_id, body.mid)
     terminal = session.get(Terminal, body.serial)
     if terminal is None:
         raise ServiceError(
             404, "unknown_terminal", f"no terminal {body.serial}", {"serial": "unknown"}
         )
+    merchant = session.get(Merchant, body.mid)
     if terminal.mid != body.mid or terminal.tid != body.tid:
         response_code = "14"  # not bound to this MID/TID
     elif terminal.status != TerminalStatus.ACTIVATED:
         response_code = "05"  # not activated
+    elif merchant is not None and not _may_transact(merchant):
+        response_code = "62"  # restricted: the merchant's acquiring is suspended (or closed)
     else:
         response_code = "00"
     result = steps.TestTransactionResult(
@@ -686,6 +900,465 @@ def enable_acquiring(session: Session, mid: str, body: AcquiringBody) -> steps.A
         merchant.acquiring_enabled_at = _now()
         session.add(merchant)
     return steps.AcquiringEnabled(enabled_at=_utc(merchant.acquiring_enabled_at))
+
+
+# --- after go-live: the merchant's account -----------------------------------------------------
+
+
+def _may_transact(merchant: Merchant) -> bool:
+    """Whether the merchant's terminals take payments: not while suspended or once retired."""
+    return merchant_state(merchant) not in (MerchantState.SUSPENDED, MerchantState.RETIRED)
+
+
+def _claim_account(
+    session: Session, mid: str, application_id: str, *, retired_too: bool = False
+) -> Merchant:
+    """The merchant's row, write-locked, for a change after go-live: 404 unknown, 409 another
+    application's, 409 retired (unless `retired_too`: closing again answers as the first did)."""
+    claimed = session.exec(
+        update(Merchant)
+        .where(col(Merchant.mid) == mid)
+        .values(updated_at=_now())
+        .execution_options(synchronize_session=False)
+    )
+    merchant = session.get(Merchant, mid) if claimed.rowcount else None
+    if merchant is None:
+        raise ServiceError(404, "unknown_merchant", f"no merchant {mid}", {"mid": "unknown"})
+    if merchant.application_id != application_id:
+        raise ServiceError(
+            409,
+            "wrong_application",
+            f"{mid} belongs to another application",
+            {"application_id": "does not own this merchant"},
+        )
+    if merchant.retired_at is not None and not retired_too:
+        raise ServiceError(
+            409, "merchant_retired", f"{mid} was retired", {"mid": "retired: takes no changes"}
+        )
+    return merchant
+
+
+def _claim_reservation_for(
+    session: Session, reservation_id: str, merchant: Merchant, application_id: str
+) -> Reservation:
+    """A reservation to bind under `merchant`: not released, the application's, not another
+    merchant's."""
+    reservation = _claim_reservation(session, reservation_id)
+    if reservation.status == TerminalStatus.RELEASED:
+        raise ServiceError(409, "reservation_released", f"{reservation_id} was released")
+    if reservation.application_id != application_id:
+        raise ServiceError(
+            409,
+            "wrong_application",
+            f"{reservation_id} belongs to another application",
+            {"application_id": "does not own this reservation"},
+        )
+    if reservation.mid not in (None, merchant.mid) or reservation.merchant_id not in (
+        None,
+        merchant.mid,
+    ):
+        raise ServiceError(
+            409,
+            "reservation_taken",
+            f"{reservation_id} is another merchant's",
+            {"reservation_id": "reserved for another merchant"},
+        )
+    return reservation
+
+
+def change_acquiring(
+    session: Session, mid: str, body: AcquiringChangeBody, suspend: bool
+) -> steps.AcquiringChanged:
+    """Suspend or reinstate acquiring. Either is said once: suspending a suspended merchant or
+    reinstating an enabled one answers with when it became so, and changes nothing."""
+    _same_merchant(body.merchant_id, mid)
+    merchant = _claim_account(session, mid, body.application_id)
+    if merchant.acquiring_enabled_at is None:
+        raise ServiceError(
+            409, "acquiring_not_enabled", f"acquiring was never switched on for {mid}"
+        )
+    now = _now()
+    if suspend:
+        if merchant.suspended_at is None:
+            merchant.suspended_at = now
+            merchant.suspension_reason = body.reason
+            session.add(merchant)
+        return steps.AcquiringChanged(
+            state=MerchantState.SUSPENDED, changed_at=_utc(merchant.suspended_at)
+        )
+    if merchant.suspended_at is not None:
+        merchant.suspended_at = None
+        merchant.suspension_reason = None
+        merchant.reinstated_at = now
+        session.add(merchant)
+    return steps.AcquiringChanged(
+        state=MerchantState.ENABLED,
+        changed_at=_utc(merchant.reinstated_at or merchant.acquiring_enabled_at),
+    )
+
+
+def register_more(session: Session, mid: str, body: MoreTerminalsBody) -> steps.TerminalsRegistered:
+    """Bind a reservation's terminals under an existing MID, each with a new TID; again, the
+    same TIDs."""
+    _same_merchant(body.merchant_id, mid)
+    merchant = _claim_account(session, mid, body.application_id)
+    reservation = _claim_reservation_for(
+        session, body.reservation_id, merchant, body.application_id
+    )
+    terminals = session.exec(
+        select(Terminal)
+        .where(Terminal.reservation_id == reservation.id)
+        .order_by(col(Terminal.serial))
+    ).all()
+    if sorted(body.serials) != [t.serial for t in terminals]:
+        raise ServiceError(
+            422,
+            "serials_mismatch",
+            "the serials are not the reservation's",
+            {"serials": f"expected the {len(terminals)} serials of {reservation.id}"},
+        )
+    ids = [
+        steps.TerminalIds(
+            serial=t.serial, tid=t.tid or _allocate_tid(session, t, merchant.mid, reservation.id)
+        )
+        for t in terminals
+    ]
+    reservation.mid = merchant.mid
+    reservation.status = TerminalStatus.REGISTERED
+    session.add(reservation)
+    return steps.TerminalsRegistered(mid=merchant.mid, terminals=ids)
+
+
+def _revoke_codes(session: Session, serials: list[str], now: datetime) -> None:
+    session.exec(
+        update(ActivationCodeRow)
+        .where(
+            col(ActivationCodeRow.serial).in_(serials),
+            col(ActivationCodeRow.used_at).is_(None),
+            col(ActivationCodeRow.revoked_at).is_(None),
+        )
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def swap(session: Session, mid: str, body: SwapBody) -> steps.TerminalSwapped:
+    """Replace a faulty terminal (换机): the replacement, from the reservation, is registered
+    under the same MID with the faulty unit's TID (`move_tid`) or a new one, the old TID then
+    retired for good. The faulty unit stays with the merchant as `faulty`, without a TID, until
+    it is unbound. The same swap asked again answers as the first did."""
+    _same_merchant(body.merchant_id, mid)
+    merchant = _claim_account(session, mid, body.application_id)
+    done = session.exec(
+        select(Swap).where(
+            Swap.mid == mid,
+            Swap.faulty_serial == body.faulty_serial,
+            Swap.replacement_serial == body.replacement_serial,
+        )
+    ).first()
+    if done is not None:
+        return steps.TerminalSwapped(
+            serial=done.replacement_serial, tid=done.tid, retired_tid=done.retired_tid
+        )
+    if body.faulty_serial == body.replacement_serial:
+        raise ServiceError(
+            422,
+            "invalid_request",
+            "a terminal cannot replace itself",
+            {"replacement_serial": "is the faulty serial"},
+        )
+    reservation = _claim_reservation_for(
+        session, body.reservation_id, merchant, body.application_id
+    )
+    faulty = _claim_terminal(session, body.faulty_serial)
+    old = session.get(TerminalId, faulty.tid) if faulty.tid else None
+    if faulty.mid != mid or old is None:
+        raise ServiceError(
+            409,
+            "not_bound",
+            f"terminal {body.faulty_serial} is not bound to {mid}",
+            {"faulty_serial": "not this merchant's terminal"},
+        )
+    replacement = _claim_terminal(session, body.replacement_serial)
+    if replacement.reservation_id != reservation.id:
+        raise ServiceError(
+            422,
+            "serials_mismatch",
+            f"{body.replacement_serial} is not in {reservation.id}",
+            {"replacement_serial": f"not one of the serials of {reservation.id}"},
+        )
+    if replacement.status != TerminalStatus.RESERVED or replacement.tid is not None:
+        raise ServiceError(
+            409,
+            "replacement_taken",
+            f"{body.replacement_serial} is already registered",
+            {"replacement_serial": "already registered"},
+        )
+    now = _now()
+    retired_tid: str | None = None
+    if body.move_tid:
+        tid = old.tid
+        old.serial = replacement.serial
+        old.reservation_id = reservation.id
+        session.add(old)
+        replacement.tid = tid
+        replacement.mid = mid
+        replacement.status = TerminalStatus.REGISTERED
+        replacement.updated_at = now
+        session.add(replacement)
+    else:
+        old.retired_at = now
+        retired_tid = old.tid
+        session.add(old)
+        tid = _allocate_tid(session, replacement, mid, reservation.id)
+    faulty.status = TerminalStatus.FAULTY
+    faulty.tid = None
+    faulty.activated_at = None
+    faulty.updated_at = now
+    session.add(faulty)
+    _revoke_codes(session, [faulty.serial], now)
+    reservation.mid = mid
+    reservation.status = TerminalStatus.REGISTERED
+    session.add(reservation)
+    session.add(
+        Swap(
+            id="SW-" + uuid.uuid4().hex[:16].upper(),
+            mid=mid,
+            faulty_serial=faulty.serial,
+            replacement_serial=replacement.serial,
+            reservation_id=reservation.id,
+            tid=tid,
+            retired_tid=retired_tid,
+            created_at=now,
+        )
+    )
+    return steps.TerminalSwapped(serial=replacement.serial, tid=tid, retired_tid=retired_tid)
+
+
+def _unbind(
+    session: Session, terminal: Terminal, reason: str, home: bool, now: datetime
+) -> Unbinding:
+    """Take `terminal` off its merchant: its TID retired, its codes revoked, `in_stock` if
+    logistics has it on the shelf (`home`) else `returning` until the check-in finds it there."""
+    mid = terminal.mid or ""
+    tid = terminal.tid
+    if tid is not None:
+        row = session.get(TerminalId, tid)
+        if row is not None and row.retired_at is None:
+            row.retired_at = now
+            session.add(row)
+    _revoke_codes(session, [terminal.serial], now)
+    terminal.status = TerminalStatus.IN_STOCK if home else TerminalStatus.RETURNING
+    terminal.reservation_id = None
+    terminal.mid = None
+    terminal.tid = None
+    terminal.activated_at = None
+    terminal.updated_at = now
+    session.add(terminal)
+    record = Unbinding(serial=terminal.serial, mid=mid, tid=tid, reason=reason, unbound_at=now)
+    session.add(record)
+    return record
+
+
+def unbind(
+    session: Session, serial: str, body: UnbindBody, on_shelf: dict[str, bool] | None = None
+) -> steps.Undone:
+    """Unbind a terminal from its merchant (swapped out, returned at closure); once unbound,
+    asked again, it says so."""
+    _same_merchant(body.merchant_id, body.mid)
+    terminal = _claim_terminal(session, serial)
+    if terminal.mid != body.mid:
+        earlier = session.exec(
+            select(Unbinding)
+            .where(Unbinding.serial == serial, Unbinding.mid == body.mid)
+            .order_by(col(Unbinding.id).desc())
+        ).first()
+        if earlier is not None:
+            return steps.Undone(reference=serial, detail=f"already unbound from MID {body.mid}")
+        raise ServiceError(
+            409,
+            "not_bound",
+            f"terminal {serial} is not bound to {body.mid}",
+            {"mid": "not this terminal's merchant"},
+        )
+    merchant = session.get(Merchant, body.mid)
+    if merchant is not None and merchant.application_id != body.application_id:
+        raise ServiceError(
+            409,
+            "wrong_application",
+            f"{body.mid} belongs to another application",
+            {"application_id": "does not own this merchant"},
+        )
+    home = bool(on_shelf and on_shelf.get(serial))
+    record = _unbind(session, terminal, body.reason, home, _now())
+    detail = f"unbound from MID {body.mid}"
+    if record.tid:
+        detail += f", TID {record.tid} retired"
+    detail += ", back in stock" if home else ", returning (in stock once back at the warehouse)"
+    return steps.Undone(reference=serial, detail=detail)
+
+
+def _registration_binding(merchant: Merchant) -> SettlementBinding | None:
+    """The account given at registration, as a binding (the merchant's own columns)."""
+    if not (merchant.settlement_holder or merchant.settlement_account_last4):
+        return None
+    return SettlementBinding(
+        binding_id="SB-" + uuid.uuid4().hex[:16].upper(),
+        mid=merchant.mid,
+        holder_name=merchant.settlement_holder,
+        bank_name=merchant.settlement_bank,
+        account_last4=merchant.settlement_account_last4,
+        bound_at=_utc(merchant.created_at),
+    )
+
+
+def bind_settlement(session: Session, mid: str, body: SettlementBody) -> steps.SettlementBound:
+    """Settle to a new account (重新绑定): the current binding is ended and kept; binding the
+    account already bound changes nothing."""
+    _same_merchant(body.merchant_id, mid)
+    merchant = _claim_account(session, mid, body.application_id)
+    current = session.exec(
+        select(SettlementBinding).where(
+            SettlementBinding.mid == mid, col(SettlementBinding.unbound_at).is_(None)
+        )
+    ).first()
+    if current is None:
+        # The first re-binding: the account given at registration becomes history.
+        current = _registration_binding(merchant)
+    wanted = (body.holder_name, body.bank_name, body.account_kind, body.account_last4)
+    if current is not None and wanted == (
+        current.holder_name,
+        current.bank_name,
+        current.account_kind,
+        current.account_last4,
+    ):
+        session.add(current)
+        return steps.SettlementBound(binding_id=current.binding_id, bound_at=_utc(current.bound_at))
+    now = _now()
+    if current is not None:
+        current.unbound_at = now
+        session.add(current)
+    binding = SettlementBinding(
+        binding_id="SB-" + uuid.uuid4().hex[:16].upper(),
+        mid=mid,
+        holder_name=body.holder_name,
+        bank_name=body.bank_name,
+        account_kind=body.account_kind,
+        account_last4=body.account_last4,
+        bound_at=now,
+    )
+    session.add(binding)
+    merchant.settlement_holder = body.holder_name
+    merchant.settlement_bank = body.bank_name
+    merchant.settlement_account_last4 = body.account_last4
+    session.add(merchant)
+    return steps.SettlementBound(binding_id=binding.binding_id, bound_at=now)
+
+
+def _tids_of(session: Session, mid: str) -> list[TerminalId]:
+    return list(
+        session.exec(
+            select(TerminalId)
+            .where(TerminalId.mid == mid)
+            .order_by(col(TerminalId.created_at), col(TerminalId.tid))
+        ).all()
+    )
+
+
+def retire(
+    session: Session, mid: str, body: RetireBody, on_shelf: dict[str, bool] | None = None
+) -> steps.MerchantRetired:
+    """Close the merchant (注销): acquiring off for good, every terminal still with it unbound
+    (back in stock once at the warehouse), every TID and the MID retired, never issued again.
+    Retiring again answers as the first time."""
+    _same_merchant(body.merchant_id, mid)
+    merchant = _claim_account(session, mid, body.application_id, retired_too=True)
+    if merchant.retired_at is None:
+        now = _now()
+        for terminal in session.exec(select(Terminal).where(Terminal.mid == mid)).all():
+            home = bool(on_shelf and on_shelf.get(terminal.serial))
+            _unbind(session, terminal, f"merchant retired: {body.reason}", home, now)
+        for row in _tids_of(session, mid):
+            if row.retired_at is None:
+                row.retired_at = now
+                session.add(row)
+        merchant.retired_at = now
+        merchant.retirement_reason = body.reason
+        session.add(merchant)
+        session.flush()
+    return steps.MerchantRetired(
+        mid=mid,
+        retired_tids=[row.tid for row in _tids_of(session, mid)],
+        retired_at=_utc(merchant.retired_at),
+    )
+
+
+def _settlement_view(binding: SettlementBinding) -> SettlementView:
+    return SettlementView(
+        binding_id=binding.binding_id,
+        holder_name=binding.holder_name,
+        bank_name=binding.bank_name,
+        account_kind=binding.account_kind,
+        account=f"****{binding.account_last4}",
+        bound_at=_utc(binding.bound_at),
+        unbound_at=_utc(binding.unbound_at) if binding.unbound_at else None,
+    )
+
+
+def merchant_view(session: Session, mid: str) -> MerchantView:
+    merchant = session.get(Merchant, mid)
+    if merchant is None:
+        raise ServiceError(404, "unknown_merchant", f"no merchant {mid}", {"mid": "unknown"})
+    may_transact = merchant_state(merchant) == MerchantState.ENABLED
+    terminals = session.exec(
+        select(Terminal).where(Terminal.mid == mid).order_by(col(Terminal.serial))
+    ).all()
+    tids = _tids_of(session, mid)
+    bindings = session.exec(
+        select(SettlementBinding)
+        .where(SettlementBinding.mid == mid)
+        .order_by(col(SettlementBinding.bound_at).desc())
+    ).all()
+    current = next((b for b in bindings if b.unbound_at is None), None)
+    settlement = _settlement_view(current) if current is not None else None
+    if not bindings and (registered := _registration_binding(merchant)) is not None:
+        # Never re-bound: the account given at registration, which has no binding of its own.
+        settlement = _settlement_view(registered).model_copy(update={"binding_id": None})
+    return MerchantView(
+        mid=merchant.mid,
+        application_id=merchant.application_id,
+        merchant_name=merchant.merchant_name,
+        state=merchant_state(merchant),
+        acquiring_enabled_at=_utc(merchant.acquiring_enabled_at)
+        if merchant.acquiring_enabled_at
+        else None,
+        suspended_at=_utc(merchant.suspended_at) if merchant.suspended_at else None,
+        suspension_reason=merchant.suspension_reason,
+        retired_at=_utc(merchant.retired_at) if merchant.retired_at else None,
+        retirement_reason=merchant.retirement_reason,
+        terminals=[
+            MerchantTerminalView(
+                serial=t.serial,
+                model=t.model,
+                status=t.status,
+                tid=t.tid,
+                activated_at=_utc(t.activated_at) if t.activated_at else None,
+                accepts_payments=may_transact and t.status == TerminalStatus.ACTIVATED,
+            )
+            for t in terminals
+        ],
+        tids=[
+            TidView(
+                tid=row.tid,
+                serial=row.serial,
+                retired_at=_utc(row.retired_at) if row.retired_at else None,
+            )
+            for row in tids
+        ],
+        retired_tids=[row.tid for row in tids if row.retired_at is not None],
+        settlement=settlement,
+        past_settlements=[_settlement_view(b) for b in bindings if b.unbound_at is not None],
+    )
 
 
 # --- back on the shelf: what logistics says about returning terminals -------------------------
@@ -873,7 +1546,7 @@ def routes(service: Service) -> None:
 
     @app.post("/reservations")
     def post_reservation(body: ReserveBody, key: str | None = Key) -> JSONResponse:
-        return _once(service, key, body, lambda s: reserve(s, body), 201)
+        return _once(service, key, _payload(body), lambda s: reserve(s, body), 201)
 
     @app.post("/reservations/{reservation_id}/registration")
     def post_registration(
@@ -897,7 +1570,7 @@ def routes(service: Service) -> None:
 
     @app.post("/activation-codes")
     def post_activation_codes(body: IssueCodesBody, key: str | None = Key) -> JSONResponse:
-        return _once(service, key, body, lambda s: issue_codes(s, body), 201)
+        return _once(service, key, _payload(body), lambda s: issue_codes(s, body), 201)
 
     @app.post("/terminals/{serial}/activation")
     def post_activation(serial: str, body: ActivateBody, key: str | None = Key) -> JSONResponse:
@@ -906,15 +1579,71 @@ def routes(service: Service) -> None:
 
     @app.post("/test-transactions")
     def post_test_transaction(body: TestTransactionBody, key: str | None = Key) -> JSONResponse:
-        return _once(service, key, body, lambda s: test_transaction(s, body), 201)
+        return _once(service, key, _payload(body), lambda s: test_transaction(s, body), 201)
 
     @app.post("/merchants/{mid}/acquiring")
     def post_acquiring(mid: str, body: AcquiringBody, key: str | None = Key) -> JSONResponse:
         payload = {"mid": mid, **body.model_dump(mode="json")}
         return _once(service, key, payload, lambda s: enable_acquiring(s, mid, body))
 
+    # --- after go-live: the merchant's account ---
+
+    @app.get("/merchants/{mid}")
+    def get_merchant(mid: str) -> MerchantView:
+        with service.session() as session:
+            return merchant_view(session, mid)
+
+    @app.post("/merchants/{mid}/acquiring/suspension")
+    def post_suspension(mid: str, body: AcquiringChangeBody, key: str | None = Key) -> JSONResponse:
+        payload = _payload(body, mid=mid, action="suspend")
+        return _once(service, key, payload, lambda s: change_acquiring(s, mid, body, True))
+
+    @app.post("/merchants/{mid}/acquiring/reinstatement")
+    def post_reinstatement(
+        mid: str, body: AcquiringChangeBody, key: str | None = Key
+    ) -> JSONResponse:
+        payload = _payload(body, mid=mid, action="reinstate")
+        return _once(service, key, payload, lambda s: change_acquiring(s, mid, body, False))
+
+    @app.post("/merchants/{mid}/terminals")
+    def post_more_terminals(
+        mid: str, body: MoreTerminalsBody, key: str | None = Key
+    ) -> JSONResponse:
+        return _once(service, key, _payload(body, mid=mid), lambda s: register_more(s, mid, body))
+
+    @app.post("/merchants/{mid}/swaps")
+    def post_swap(mid: str, body: SwapBody, key: str | None = Key) -> JSONResponse:
+        return _once(service, key, _payload(body, mid=mid), lambda s: swap(s, mid, body))
+
+    @app.post("/terminals/{serial}/unbinding")
+    def post_unbinding(serial: str, body: UnbindBody, key: str | None = Key) -> JSONResponse:
+        # Where the terminal is is asked before the write, so no lock is held over HTTP.
+        shelf = on_shelf(service.config, [serial])
+        payload = _payload(body, serial=serial)
+        return _once(service, key, payload, lambda s: unbind(s, serial, body, shelf))
+
+    @app.post("/merchants/{mid}/settlement")
+    def post_settlement(mid: str, body: SettlementBody, key: str | None = Key) -> JSONResponse:
+        return _once(service, key, _payload(body, mid=mid), lambda s: bind_settlement(s, mid, body))
+
+    @app.post("/merchants/{mid}/retirement")
+    def post_retirement(mid: str, body: RetireBody, key: str | None = Key) -> JSONResponse:
+        with service.session() as session:
+            serials = list(session.exec(select(Terminal.serial).where(Terminal.mid == mid)).all())
+        shelf = on_shelf(service.config, serials) if serials else {}
+        return _once(service, key, _payload(body, mid=mid), lambda s: retire(s, mid, body, shelf))
+
+
+def upgrade(service: Service) -> None:
+    """Tables an older version created get the nullable columns this one added."""
+    for table in UPGRADED:
+        added = add_missing_columns(service.engine, table.__table__)  # type: ignore[attr-defined]
+        if added:
+            log.info("device_columns_added", table=table.__tablename__, columns=added)
+
 
 def _setup(service: Service) -> None:
+    upgrade(service)
     seed(service)
     routes(service)
 
