@@ -4,6 +4,10 @@ Each passes the step's idempotency key as the `Idempotency-Key` header, so a ret
 never reserves twice or allocates a second MID. A refusal (4xx) is a non-retryable
 ApplicationError named by the service's error code; an unreachable service or a 5xx is left to
 the activity's retry policy.
+
+After go-live the merchant workflow asks for the same steps and its own (acquiring suspended or
+reinstated, more terminals, swaps, unbinding, re-binding, retirement) with `merchant_id` set:
+it is sent only then, so onboarding's requests stay exactly as they were.
 """
 
 from __future__ import annotations
@@ -12,10 +16,19 @@ from collections.abc import Callable
 from typing import Any
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities import catalog
 from activities.http import ServiceClient, path, service_url
 from schemas import steps
+
+# The device service's route for each `ChangeAcquiring.action`.
+ACQUIRING_ACTIONS = {"suspend": "suspension", "reinstate": "reinstatement"}
+
+
+def _fields(request: steps.Step, *names: str) -> set[str]:
+    """The step's fields to send, with `merchant_id` when the merchant workflow set it."""
+    return {*names, "merchant_id"} if request.merchant_id else set(names)
 
 
 class DeviceActivities:
@@ -31,6 +44,12 @@ class DeviceActivities:
             self.issue_activation_codes,
             self.run_test_transaction,
             self.enable_acquiring,
+            self.change_acquiring,
+            self.register_more_terminals,
+            self.swap_terminal,
+            self.unbind_terminal,
+            self.bind_settlement,
+            self.retire_merchant,
         ]
 
     @activity.defn(name=catalog.RESERVE_TERMINALS)
@@ -39,7 +58,7 @@ class DeviceActivities:
             "/reservations",
             request,
             steps.TerminalsReserved,
-            fields={"application_id", "model", "quantity"},
+            fields=_fields(request, "application_id", "model", "quantity"),
         )
 
     @activity.defn(name=catalog.REGISTER_TERMINALS)
@@ -78,7 +97,7 @@ class DeviceActivities:
             "/activation-codes",
             request,
             steps.ActivationCodesIssued,
-            fields={"application_id", "mid", "terminals"},
+            fields=_fields(request, "application_id", "mid", "terminals"),
         )
 
     @activity.defn(name=catalog.RUN_TEST_TRANSACTION)
@@ -89,7 +108,7 @@ class DeviceActivities:
             "/test-transactions",
             request,
             steps.TestTransactionResult,
-            fields={"application_id", "mid", "serial", "tid"},
+            fields=_fields(request, "application_id", "mid", "serial", "tid"),
         )
 
     @activity.defn(name=catalog.ENABLE_ACQUIRING)
@@ -99,6 +118,85 @@ class DeviceActivities:
             request,
             steps.AcquiringEnabled,
             fields={"application_id", "tids"},
+        )
+
+    # --- after go-live: the merchant's account ---
+
+    @activity.defn(name=catalog.CHANGE_ACQUIRING)
+    async def change_acquiring(self, request: steps.ChangeAcquiring) -> steps.AcquiringChanged:
+        route = ACQUIRING_ACTIONS.get(request.action)
+        if route is None:
+            raise ApplicationError(
+                f"no acquiring action {request.action!r}: suspend or reinstate",
+                type="invalid_action",
+                non_retryable=True,
+            )
+        return await self.client.send(
+            path("merchants", request.mid, "acquiring", route),
+            request,
+            steps.AcquiringChanged,
+            fields=_fields(request, "application_id", "reason"),
+        )
+
+    @activity.defn(name=catalog.REGISTER_MORE_TERMINALS)
+    async def register_more_terminals(
+        self, request: steps.RegisterMoreTerminals
+    ) -> steps.TerminalsRegistered:
+        return await self.client.send(
+            path("merchants", request.mid, "terminals"),
+            request,
+            steps.TerminalsRegistered,
+            fields=_fields(request, "application_id", "reservation_id", "serials"),
+        )
+
+    @activity.defn(name=catalog.SWAP_TERMINAL)
+    async def swap_terminal(self, request: steps.SwapTerminal) -> steps.TerminalSwapped:
+        return await self.client.send(
+            path("merchants", request.mid, "swaps"),
+            request,
+            steps.TerminalSwapped,
+            fields=_fields(
+                request,
+                "application_id",
+                "faulty_serial",
+                "replacement_serial",
+                "reservation_id",
+                "move_tid",
+            ),
+        )
+
+    @activity.defn(name=catalog.UNBIND_TERMINAL)
+    async def unbind_terminal(self, request: steps.UnbindTerminal) -> steps.Undone:
+        return await self.client.send(
+            path("terminals", request.serial, "unbinding"),
+            request,
+            steps.Undone,
+            fields=_fields(request, "application_id", "mid", "reason"),
+        )
+
+    @activity.defn(name=catalog.BIND_SETTLEMENT)
+    async def bind_settlement(self, request: steps.BindSettlement) -> steps.SettlementBound:
+        return await self.client.send(
+            path("merchants", request.mid, "settlement"),
+            request,
+            steps.SettlementBound,
+            fields=_fields(
+                request,
+                "application_id",
+                "holder_name",
+                "bank_name",
+                "account_kind",
+                "account_last4",
+            ),
+        )
+
+    @activity.defn(name=catalog.RETIRE_MERCHANT)
+    async def retire_merchant(self, request: steps.RetireMerchant) -> steps.MerchantRetired:
+        return await self.client.send(
+            path("merchants", request.mid, "retirement"),
+            request,
+            steps.MerchantRetired,
+            fields=_fields(request, "application_id", "reason"),
         )
 
 

@@ -466,7 +466,7 @@ async def test_activities_against_the_service(device: Device) -> None:
         ),
     )
     assert undone.reference == reserved.reservation_id
-    assert len(activities.all()) == 6
+    assert len(activities.all()) == 12  # onboarding's six, the merchant account's six
 
     with pytest.raises(ApplicationError) as out_of_stock:
         await env.run(
