@@ -1,5 +1,7 @@
-"""Keeping the gateway's list of applications current: the workflow sends a numbered snapshot at
-every change of stage, deadline, attention or review round, and this activity delivers it.
+"""Keeping the gateway's lists current: an application's workflow sends a numbered snapshot at
+every change of stage, deadline, attention or review round, a merchant's account workflow its
+whole status at every change (numbered for the MID across runs), and these activities deliver
+them.
 
 Every failure is retried (the policy has no attempt limit): a snapshot the gateway never gets
 would leave the list pages wrong, and the next one carries the whole state anyway.
@@ -11,16 +13,19 @@ import os
 import time
 
 import httpx
+from pydantic import BaseModel
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import catalog
+from schemas.merchant import MerchantStatus
 from schemas.status import Projection, ProjectionReceipt
 from services.signing import HEADER, sign
 from workers.config import signing_secret
 
 GATEWAY_DEFAULT_URL = "http://127.0.0.1:8000"
 PROJECTIONS_PATH = "/api/internal/projections"
+MERCHANTS_PATH = "/api/internal/merchants"
 
 
 def gateway_url() -> str:
@@ -49,13 +54,23 @@ class ProjectionActivities:
 
     @activity.defn(name=catalog.PROJECT_STATUS)
     async def project_status(self, projection: Projection) -> ProjectionReceipt:
-        raw = projection.model_dump_json().encode()
+        return await self._deliver(PROJECTIONS_PATH, projection)
+
+    @activity.defn(name=catalog.PROJECT_MERCHANT)
+    async def project_merchant(self, status: MerchantStatus) -> ProjectionReceipt:
+        """The merchant account's whole status, for the gateway's merchant row (the file kept
+        after the workflow is gone); an older version than the gateway holds is ignored there."""
+        return await self._deliver(MERCHANTS_PATH, status)
+
+    async def _deliver(self, path: str, snapshot: BaseModel) -> ProjectionReceipt:
+        """POST the snapshot signed with the worker's secret; any failure is retried."""
+        raw = snapshot.model_dump_json().encode()
         headers = {
             HEADER: sign(raw, self.secret, int(time.time())),
             "Content-Type": "application/json",
         }
         try:
-            response = await self._client.post(PROJECTIONS_PATH, content=raw, headers=headers)
+            response = await self._client.post(path, content=raw, headers=headers)
         except httpx.HTTPError as err:
             raise ApplicationError(f"gateway unreachable: {type(err).__name__}") from err
         if response.status_code != 200:

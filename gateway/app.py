@@ -28,9 +28,10 @@ from gateway.codec import codec_router
 from gateway.errors import COMMON, SIGNED_IN, ApiError, shown
 from gateway.forwarding import PENDING_DETAIL, Forwarded, Forwarder, answer
 from gateway.limits import BodyLimit, BodyTooLarge, excerpt, too_large_body, valid_id
+from gateway.merchants import MERCHANT_SOURCES, MerchantForwarder, audit_key, valid_mid
 from gateway.metrics import GatewayMetrics
 from gateway.resources import SOURCES
-from gateway.routes import admin, callbacks, docs, internal, merchant, operations, public
+from gateway.routes import admin, callbacks, docs, internal, merchant, merchants, operations, public
 from gateway.settings import GatewaySettings, InsecureGateway
 from gateway.store import Store
 from workers.config import SIGNERS
@@ -84,6 +85,9 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
     app.state.store = store
     app.state.metrics = metrics
     app.state.forwarder = forwarder
+    # The same forwarding for merchants' messages, kept in each merchant's own audit trail.
+    merchant_forwarder = MerchantForwarder(forwarder)
+    app.state.merchant_forwarder = merchant_forwarder
     app.state.awaiting = forwarder.awaiting  # the background waits for pending messages
     app.state.authority = Authority(
         tokens=dict(settings.tokens),
@@ -96,7 +100,7 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
         BodyLimit, limit=settings.max_body_bytes, refused=lambda: metrics.refusal("too_large")
     )
     metrics.install(app)
-    _install_error_handlers(app, settings, metrics, forwarder)
+    _install_error_handlers(app, settings, metrics, forwarder, merchant_forwarder)
 
     app.include_router(public.router)
     app.include_router(merchant.router)
@@ -105,6 +109,8 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
     app.include_router(internal.router)
     app.include_router(operations.router)
     app.include_router(admin.router)
+    for router in merchants.ROUTERS:
+        app.include_router(router)
     _include_codec(app, client, settings)
     if settings.api_docs:
         app.include_router(docs.router)
@@ -128,7 +134,11 @@ def _include_codec(app: FastAPI, client: Client, settings: GatewaySettings) -> N
 
 
 def _install_error_handlers(
-    app: FastAPI, settings: GatewaySettings, metrics: GatewayMetrics, forwarder: Forwarder
+    app: FastAPI,
+    settings: GatewaySettings,
+    metrics: GatewayMetrics,
+    forwarder: Forwarder,
+    merchant_forwarder: MerchantForwarder,
 ) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, err: ApiError) -> JSONResponse:
@@ -157,15 +167,28 @@ def _install_error_handlers(
         route = request.scope.get("route")
         kind = getattr(route, "name", "")
         application_id = request.path_params.get("application_id")
+        mid = request.path_params.get("mid")
+
+        def kept() -> Any:
+            raw = err.body if isinstance(err.body, bytes | str) else json.dumps(err.body)
+            return excerpt(raw.encode() if isinstance(raw, str) else raw)
+
         if (
             kind in SOURCES
             and not malformed  # JSON that does not parse is refused before anyone signed in
             and isinstance(application_id, str)
             and valid_id(application_id)
         ):
-            raw = err.body if isinstance(err.body, bytes | str) else json.dumps(err.body)
-            body = excerpt(raw.encode() if isinstance(raw, str) else raw)
-            forwarder.record_refusal(answer, application_id, SOURCES[kind], kind, body)
+            forwarder.record_refusal(answer, application_id, SOURCES[kind], kind, kept())
+        elif (
+            kind in MERCHANT_SOURCES
+            and not malformed
+            and isinstance(mid, str)
+            and valid_mid(mid)
+            and not any(e["loc"][:1] == ("path",) for e in errors)
+        ):
+            source, message_kind = MERCHANT_SOURCES[kind]
+            merchant_forwarder.record_refusal(answer, audit_key(mid), source, message_kind, kept())
         else:
             metrics.refusal(answer.error)
         return answer.response(settings.retry_after_seconds)

@@ -267,10 +267,17 @@ async def _refused(
 ) -> ApiError:
     err = ApiError(401, reason, message)
     application_id = request.path_params.get("application_id")
+    mid = request.path_params.get("mid")
     route = request.scope.get("route")
     kind = getattr(route, "name", "") or "message"
     if isinstance(application_id, str):
         await request.app.state.forwarder.refused_raw(err, application_id, signer, kind, raw)
+    elif isinstance(mid, str):
+        # A merchant's callback: kept in its own audit trail (`gateway.merchants`) if known.
+        kind = kind.removeprefix("merchant_")
+        await request.app.state.merchant_forwarder.refused_raw(
+            err, f"merchant:{mid}", signer, kind, raw
+        )
     else:
         request.app.state.metrics.refusal(reason)
     return err

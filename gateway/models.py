@@ -205,3 +205,59 @@ class FailureList(BaseModel):
         default=True, description="false: part of the list could not be read (see problems)"
     )
     problems: list[str] = Field(default_factory=list)
+
+
+# --- merchants after go-live -------------------------------------------------------------------
+
+
+class MerchantSummary(BaseModel):
+    """A merchant as the list shows it, from the gateway's store (the workflow's last snapshot).
+    Money is in yuan, as text with two places."""
+
+    mid: str
+    workflow_id: str
+    application_id: str
+    run_id: str = ""
+    channel: str
+    merchant_type: str
+    merchant_name: str
+    state: str = Field(description="active, suspended, closing or closed")
+    suspensions: list[str] = Field(description="why acquiring is off: fees, inspection")
+    suspended_since: datetime | None = None
+    fees_due: str = Field(examples=["1200.00"], description="issued and unpaid")
+    fees_overdue: str = Field(examples=["0.00"], description="unpaid past the due date")
+    next_bill_at: datetime | None = None
+    next_inspection_at: datetime | None = None
+    terminals: int = Field(description="terminals in service or on their way")
+    needs_attention: bool
+    attention_kind: str = ""
+    attention_reason: str = ""
+    attention_since: datetime | None = None
+    closure_cause: str = ""
+    closed_at: datetime | None = None
+    went_live_at: datetime | None = None
+    version: int
+    updated_at: datetime
+
+
+MerchantStep = Annotated[
+    str | None,
+    Field(
+        default=None,
+        max_length=80,
+        description="the step meant, when the account is parked on more than one (its "
+        "`attentions`); the one parked longest when absent",
+    ),
+]
+
+
+class MerchantAction(AdminAction):
+    """`retry` on a merchant's account: the step it is parked on, and why."""
+
+    step: MerchantStep = None
+
+
+class MerchantExtendRequest(ExtendRequest):
+    """`extend` on a merchant's account: another period for the overdue wait it is parked on."""
+
+    step: MerchantStep = None

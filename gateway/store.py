@@ -14,6 +14,7 @@ import json
 import statistics
 from collections import defaultdict
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -24,9 +25,10 @@ from sqlalchemy.orm import defer
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from schemas.application import Channel, MerchantType
+from schemas.merchant import AccountState, MerchantStatus, SuspensionReason, TerminalState
 from schemas.status import Projection, Stage
 from services.base import make_engine
-from workers.logging import mask_text
+from workers.logging import mask_text, masked
 
 # The stages of the process in the order an application goes through them: the funnel.
 PROCESS = [
@@ -160,7 +162,75 @@ class SeenSignature(SQLModel, table=True):
     received_at: datetime = Field(default_factory=_now)
 
 
-TABLES = [ApplicationRecord, StageVisitRecord, MessageRecord, SeenSignature]
+class MerchantRecord(SQLModel, table=True):
+    """A merchant's account after go-live, as its `MerchantAccount` workflow last reported it
+    (`MerchantStatus`, numbered across continue-as-new runs): the merchant file, kept after
+    Temporal's retention has dropped the workflow."""
+
+    __tablename__ = "gateway_merchants"
+
+    mid: str = Field(primary_key=True)
+    workflow_id: str
+    application_id: str = Field(index=True)
+    run_id: str = ""  # the run that sent the snapshot held (informative: versions order)
+    channel: str = Field(index=True)
+    merchant_type: str = Field(index=True)
+    merchant_name: str = Field(index=True)
+    state: str = Field(index=True)
+    suspensions: str = ""  # the reasons, comma-separated (`fees,inspection`)
+    suspended_since: datetime | None = None
+    # Money in fen (cents), exact: `fees_due` issued and unpaid, `fees_overdue` past due.
+    fees_due_cents: int = 0
+    fees_overdue_cents: int = Field(default=0, index=True)
+    next_bill_at: datetime | None = Field(default=None, index=True)
+    next_inspection_at: datetime | None = Field(default=None, index=True)
+    terminals: int = 0  # in service or on their way (active, faulty, pending)
+    needs_attention: bool = Field(default=False, index=True)
+    attention_kind: str = ""
+    attention_reason: str = ""
+    attention_since: datetime | None = None
+    closure_cause: str = ""
+    closed_at: datetime | None = Field(default=None, index=True)
+    went_live_at: datetime | None = Field(default=None, index=True)
+    version: int = 0
+    updated_at: datetime = Field(default_factory=_now)
+    snapshot: str = ""  # the whole MerchantStatus, JSON, masked
+
+    def summary(self) -> dict[str, Any]:
+        """The row as the API lists it: times in UTC with their offset, money in yuan."""
+        data = self.model_dump(
+            mode="json", exclude={"snapshot", "fees_due_cents", "fees_overdue_cents"}
+        )
+        for name in (
+            "suspended_since",
+            "next_bill_at",
+            "next_inspection_at",
+            "attention_since",
+            "closed_at",
+            "went_live_at",
+            "updated_at",
+        ):
+            value = getattr(self, name)
+            data[name] = utc(value).isoformat() if value else None
+        data["suspensions"] = [s for s in self.suspensions.split(",") if s]
+        data["fees_due"] = _yuan(self.fees_due_cents)
+        data["fees_overdue"] = _yuan(self.fees_overdue_cents)
+        return data
+
+    def status(self) -> MerchantStatus:
+        """The snapshot held, as the workflow's status query answered it then."""
+        return MerchantStatus.model_validate_json(self.snapshot)
+
+
+def cents(amount: Decimal) -> int:
+    return int((amount * 100).to_integral_value())
+
+
+def _yuan(amount_cents: int) -> str:
+    return str((Decimal(amount_cents) / 100).quantize(Decimal("0.01")))
+
+
+TABLES = [ApplicationRecord, StageVisitRecord, MessageRecord, SeenSignature, MerchantRecord]
 
 SortKey = Literal["deadline", "started", "updated", "stage_entered"]
 MAX_OFFSET = 2**31 - 1
@@ -183,6 +253,40 @@ class ListFilter(BaseModel):
     limit: int = PydanticField(default=50, ge=1, le=500)
     # Bounded by what every database's OFFSET takes (past 2**63, SQLite's was a 500).
     offset: int = PydanticField(default=0, ge=0, le=MAX_OFFSET)
+
+
+MerchantSortKey = Literal["updated", "went_live", "next_bill", "next_inspection", "overdue", "name"]
+# Merchants whose account is not closed: what "suspended", "overdue" and "attention" count.
+OPEN_STATES = [s.value for s in AccountState if not s.finished]
+
+
+class MerchantFilter(BaseModel):
+    """The merchants list's filters, as query parameters: validated, never spliced into SQL."""
+
+    model_config = {"extra": "forbid"}
+
+    state: AccountState | None = None
+    channel: Channel | None = None
+    merchant_type: MerchantType | None = None
+    suspended: bool | None = None
+    suspension: SuspensionReason | None = None  # suspended for this reason
+    fees_overdue: bool | None = None
+    needs_attention: bool | None = None
+    q: str | None = PydanticField(default=None, max_length=100)  # MID, application id or name
+    sort: MerchantSortKey = "updated"
+    limit: int = PydanticField(default=50, ge=1, le=500)
+    offset: int = PydanticField(default=0, ge=0, le=MAX_OFFSET)
+
+
+class MerchantCounts(BaseModel):
+    """The merchants at a glance: by state, suspended by reason, fees overdue, attention (the
+    last three among accounts not closed)."""
+
+    total: int
+    by_state: dict[str, int]
+    suspended_by_reason: dict[str, int]
+    fees_overdue: int
+    needs_attention: int
 
 
 class Overview(BaseModel):
@@ -627,3 +731,160 @@ class Store:
             session.add(SeenSignature(signature=signature))
             session.commit()
             return True
+
+    # --- merchants after go-live ------------------------------------------------------------
+
+    def apply_merchant(self, status: MerchantStatus) -> tuple[bool, int]:
+        """Apply a merchant workflow's snapshot unless one as new or newer is here already.
+
+        Versions only increase for a MID, across continue-as-new runs, so the run is not part
+        of the order. Returns (applied, the version now held); the check is in the UPDATE."""
+        values = self._merchant_values(status)
+        with self.session() as session:
+            result = session.execute(
+                update(MerchantRecord)
+                .where(col(MerchantRecord.mid) == status.mid)
+                .where(col(MerchantRecord.version) < status.version)
+                .values(**values)
+            )
+            if not result.rowcount:  # type: ignore[attr-defined]
+                current = session.get(MerchantRecord, status.mid)
+                if current is not None:
+                    return False, current.version
+                session.add(MerchantRecord(mid=status.mid, **values))
+                try:
+                    session.flush()
+                except IntegrityError:  # another snapshot of it arrived meanwhile
+                    session.rollback()
+                    return self.apply_merchant(status)
+            session.commit()
+            return True, status.version
+
+    @staticmethod
+    def _merchant_values(status: MerchantStatus) -> dict[str, Any]:
+        attention = status.attention
+
+        def at(moment: datetime | None) -> datetime | None:
+            return utc(moment) if moment else None
+
+        serving = (TerminalState.ACTIVE, TerminalState.FAULTY, TerminalState.PENDING)
+        snapshot = masked(status.model_dump(mode="json"))
+        return {
+            "workflow_id": status.workflow_id,
+            "application_id": status.application_id,
+            "run_id": status.run_id,
+            "channel": status.channel,
+            "merchant_type": status.merchant_type,
+            "merchant_name": status.merchant_name,
+            "state": status.state.value,
+            "suspensions": ",".join(sorted({s.value for s in status.suspensions})),
+            "suspended_since": at(status.suspended_since),
+            "fees_due_cents": cents(status.fees_due),
+            "fees_overdue_cents": cents(status.fees_overdue),
+            "next_bill_at": at(status.next_bill_at),
+            "next_inspection_at": at(status.next_inspection_at),
+            "terminals": sum(1 for t in status.terminals if t.state in serving),
+            "needs_attention": attention is not None,
+            "attention_kind": attention.kind.value if attention else "",
+            "attention_reason": mask_text(attention.reason) if attention else "",
+            "attention_since": at(attention.since) if attention else None,
+            "closure_cause": status.closure_cause.value if status.closure_cause else "",
+            "closed_at": at(status.closed_at),
+            "went_live_at": at(status.went_live_at),
+            "version": status.version,
+            "updated_at": _now(),
+            "snapshot": json.dumps(snapshot, ensure_ascii=False),
+        }
+
+    def merchant(self, mid: str) -> MerchantRecord | None:
+        with self.session() as session:
+            return session.get(MerchantRecord, mid)
+
+    def merchant_of_application(self, application_id: str) -> MerchantRecord | None:
+        with self.session() as session:
+            query = select(MerchantRecord).where(MerchantRecord.application_id == application_id)
+            return session.exec(query.limit(1)).first()
+
+    def merchant_page(self, wanted: MerchantFilter) -> tuple[list[MerchantRecord], int]:
+        """One page of merchants matching `wanted`, and how many match in all."""
+        row = MerchantRecord
+        open_ = col(row.state).in_(OPEN_STATES)
+        conditions: list[Any] = []
+        if wanted.state is not None:
+            conditions.append(col(row.state) == wanted.state.value)
+        if wanted.channel is not None:
+            conditions.append(col(row.channel) == wanted.channel.value)
+        if wanted.merchant_type is not None:
+            conditions.append(col(row.merchant_type) == wanted.merchant_type.value)
+        if wanted.suspended is not None:
+            suspended = open_ & (col(row.suspensions) != "")
+            conditions.append(suspended if wanted.suspended else ~suspended)
+        if wanted.suspension is not None:
+            conditions.append(open_ & _has_reason(wanted.suspension))
+        if wanted.fees_overdue is not None:
+            overdue = open_ & (col(row.fees_overdue_cents) > 0)
+            conditions.append(overdue if wanted.fees_overdue else ~overdue)
+        if wanted.needs_attention is not None:
+            attention = open_ & col(row.needs_attention).is_(True)
+            conditions.append(attention if wanted.needs_attention else ~attention)
+        if wanted.q:
+            term = wanted.q.strip()
+            pattern = "%" + term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            conditions.append(
+                or_(
+                    col(row.mid) == term,
+                    col(row.application_id) == term,
+                    col(row.workflow_id) == term,
+                    col(row.merchant_name).like(pattern, escape="\\"),
+                )
+            )
+        orders: dict[str, list[Any]] = {
+            "updated": [col(row.updated_at).desc()],
+            "went_live": [col(row.went_live_at).desc()],
+            "next_bill": [col(row.next_bill_at).is_(None), col(row.next_bill_at)],
+            "next_inspection": [col(row.next_inspection_at).is_(None), col(row.next_inspection_at)],
+            "overdue": [col(row.fees_overdue_cents).desc()],
+            "name": [col(row.merchant_name)],
+        }
+        query = select(row).options(defer(row.snapshot))  # type: ignore[arg-type]
+        counting = select(func.count()).select_from(row)
+        for condition in conditions:
+            query = query.where(condition)
+            counting = counting.where(condition)
+        with self.session() as session:
+            total = session.exec(counting).one()
+            rows = session.exec(
+                query.order_by(*orders[wanted.sort], col(row.mid))
+                .offset(wanted.offset)
+                .limit(wanted.limit)
+            ).all()
+            return list(rows), int(total)
+
+    def merchant_counts(self) -> MerchantCounts:
+        row = MerchantRecord
+        open_ = col(row.state).in_(OPEN_STATES)
+        with self.session() as session:
+
+            def count(*conditions: Any) -> int:
+                query = select(func.count()).select_from(row)
+                for condition in conditions:
+                    query = query.where(condition)
+                return int(session.exec(query).one())
+
+            by_state = dict(
+                session.exec(select(row.state, func.count()).group_by(col(row.state))).all()
+            )
+            return MerchantCounts(
+                total=int(sum(by_state.values())),
+                by_state={s.value: int(by_state.get(s.value, 0)) for s in AccountState},
+                suspended_by_reason={
+                    r.value: count(open_, _has_reason(r)) for r in SuspensionReason
+                },
+                fees_overdue=count(open_, col(row.fees_overdue_cents) > 0),
+                needs_attention=count(open_, col(row.needs_attention).is_(True)),
+            )
+
+
+def _has_reason(reason: SuspensionReason) -> Any:
+    """Suspended for `reason` (reasons are enum values without commas: no pattern escapes)."""
+    return ("," + col(MerchantRecord.suspensions) + ",").like(f"%,{reason.value},%")
