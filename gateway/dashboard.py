@@ -24,19 +24,29 @@ from pydantic import ValidationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from gateway.auth import COOKIE, ROLES, Authority, Principal, dashboard, public
-from gateway.errors import shown
+from gateway.errors import ApiError, shown
 from gateway.forwarding import pending_ack
 from gateway.limits import valid_id
+from gateway.merchants import audit_key, send_to_merchant, valid_mid
 from gateway.models import AdminAction as GatewayAdminAction
-from gateway.models import ExtendRequest, ResetRequest
+from gateway.models import ExtendRequest, MerchantAction, MerchantExtendRequest, ResetRequest
 from gateway.resources import send, workflow
 from gateway.routes.admin import FailureFilter, actor_of, find_failures, take_action, take_reset
+from gateway.routes.merchants import merchant_message, merchant_status
 from gateway.settings import GatewaySettings
-from gateway.store import ENDINGS, IN_FLIGHT, PROCESS, ListFilter, Store
+from gateway.store import ENDINGS, IN_FLIGHT, PROCESS, ListFilter, MerchantFilter, Store
 from schemas.application import Channel, MerchantType
+from schemas.merchant import (
+    AccountState,
+    ClosureRequest,
+    FaultReport,
+    SuspensionReason,
+    merchant_workflow_id,
+)
 from schemas.messages import CancelRequest
 from workers.logging import masked
 from workflows.case import CHINA
+from workflows.merchant import MerchantAccount
 from workflows.onboarding import PosOnboarding
 
 HERE = Path(__file__).parent
@@ -479,3 +489,179 @@ async def attention(request: Request, viewer: Viewer, done: str = "") -> Respons
         done=shown(done, 300),
         now=datetime.now(UTC),
     )
+
+
+# --- merchants after go-live ---------------------------------------------------------------------
+
+MERCHANT_SORTS = {
+    "updated": "recently changed",
+    "went_live": "newest",
+    "next_bill": "next bill, soonest",
+    "next_inspection": "next inspection, soonest",
+    "overdue": "most fees overdue",
+    "name": "name",
+}
+
+
+@router.get("/ui/merchants")
+async def merchants(request: Request, viewer: Viewer) -> Response:
+    """Merchants after go-live, from the store: counts by state and what needs a look, the
+    filtered list."""
+    params = {k: v for k, v in request.query_params.items() if v != ""}
+    page_number = params.pop("page", "1")
+    try:
+        number = max(1, int(page_number))
+        wanted = MerchantFilter.model_validate({"limit": 50, **params})
+        offset = (number - 1) * wanted.limit
+        wanted = MerchantFilter.model_validate({**wanted.model_dump(), "offset": offset})
+        problems: dict[str, str] = {}
+    except (ValidationError, ValueError) as err:
+        number, wanted = 1, MerchantFilter()
+        problems = (
+            {".".join(str(p) for p in e["loc"]): e["msg"] for e in err.errors()}
+            if isinstance(err, ValidationError)
+            else {"page": "must be a whole number"}
+        )
+    store: Store = request.app.state.store
+    (rows, total), counts = await asyncio.to_thread(
+        lambda: (store.merchant_page(wanted), store.merchant_counts())
+    )
+    pages = max(1, -(-total // wanted.limit))
+
+    def link(to_page: int) -> str:
+        return "/ui/merchants?" + urlencode({**params, "page": to_page})
+
+    return render(
+        request,
+        "merchants.html",
+        viewer.role,
+        status_code=422 if problems else 200,
+        rows=[masked(r.summary()) for r in rows],
+        counts=counts,
+        total=total,
+        wanted=wanted,
+        params=params,
+        problems=problems,
+        number=number,
+        pages=pages,
+        link=link,
+        first=wanted.offset + 1 if rows else 0,
+        last=wanted.offset + len(rows),
+        states=[s.value for s in AccountState],
+        reasons=[r.value for r in SuspensionReason],
+        channels=[c.value for c in Channel],
+        merchant_types=[m.value for m in MerchantType],
+        sorts=MERCHANT_SORTS,
+        now=datetime.now(UTC),
+    )
+
+
+@router.get("/ui/merchants/{mid}")
+async def merchant(request: Request, mid: str, viewer: Viewer, done: str = "") -> Response:
+    """One merchant: the workflow's status (or the file kept once it is gone), its messages."""
+    if not valid_mid(mid):  # never sent to the store, Temporal or the page whole
+        return render(request, "merchant_missing.html", viewer.role, 404, mid=shown(mid))
+    store: Store = request.app.state.store
+    record, kept = await asyncio.to_thread(
+        lambda: (store.merchant(mid), store.messages(audit_key(mid)))
+    )
+    try:
+        found = await merchant_status(request.app.state.client, store, mid)
+        unavailable = ""
+    except ApiError as err:
+        found, unavailable = None, err.message
+    if found is None and record is None:
+        return render(request, "merchant_missing.html", viewer.role, 404, mid=mid)
+    status, source = found if found else (record.status() if record else None, "snapshot")
+    settings: GatewaySettings = request.app.state.settings
+    return render(
+        request,
+        "merchant.html",
+        viewer.role,
+        mid=mid,
+        s=masked(status.model_dump(mode="json")) if status else None,
+        row=masked(record.summary()) if record else None,
+        source=source,
+        unavailable=unavailable,
+        messages=[masked(m.model_dump(mode="json")) for m in kept],
+        workflow_url=workflow_url(settings, merchant_workflow_id(mid)),
+        done=shown(done, 300),
+        now=datetime.now(UTC),
+    )
+
+
+async def merchant_action(request: Request, mid: str, who: Principal, verb: str) -> Response:
+    """A merchant action from a dashboard form, kept in the merchant's audit trail with who (the
+    sign-in's role) and why; what became of it is shown on the merchant's page."""
+    if not valid_mid(mid):
+        return Response("no such merchant", status_code=404)
+    form = await request.form()
+    actor = actor_of(who)
+    request_id = f"ui-{uuid.uuid4().hex[:12]}"
+    reason = str(form.get("reason", "")).strip()
+    try:
+        payload: Any
+        update: Any
+        if verb == "closure":
+            payload = ClosureRequest(
+                request_id=request_id, reason=reason, requested_by=f"dashboard:{who.role}"
+            )
+            update, source, kind = MerchantAccount.request_closure, "operator", "request_closure"
+        elif verb == "fault":
+            payload = FaultReport(
+                request_id=request_id,
+                serial=str(form.get("serial", "")).strip(),
+                description=reason,
+                reported_by=f"dashboard:{who.role}",
+            )
+            update, source, kind = MerchantAccount.report_fault, "merchant", "report_fault"
+        else:
+            fields: dict[str, Any] = {"request_id": request_id, "reason": reason}
+            period = str(form.get("period", "")).strip()
+            step = str(form.get("step", "")).strip()
+            if verb == "extend" and period:
+                fields["period"] = period
+            if step:
+                fields["step"] = step
+            model = MerchantExtendRequest if verb == "extend" else MerchantAction
+            payload = merchant_message(verb, model.model_validate(fields), actor)
+            update = MerchantAccount.retry if verb == "retry" else MerchantAccount.extend_deadline
+            source, kind = "admin", verb
+        forwarded = await send_to_merchant(
+            request, mid, source, kind, update, payload, actor=actor, reason=reason
+        )
+        ack = forwarded.result or pending_ack(payload)
+        done = f"{kind.replace('_', ' ')}: {forwarded.outcome} — {ack.detail}"
+    except ValidationError as err:  # nothing was sent
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
+        )
+        done = f"{verb} not sent: {problems}"
+    except Exception as err:  # the refusal is shown to the operator, nothing changed
+        done = f"{verb} refused: {getattr(err, 'message', str(err))}"
+    target = f"/ui/merchants/{quote(mid)}?{urlencode({'done': shown(done, 300)})}"
+    return RedirectResponse(target, 303)
+
+
+@router.post("/ui/merchants/{mid}/closure")
+async def merchant_closure(
+    request: Request, mid: str, who: Annotated[Principal, Depends(dashboard_operator)]
+) -> Response:
+    return await merchant_action(request, mid, who, "closure")
+
+
+@router.post("/ui/merchants/{mid}/fault")
+async def merchant_fault(
+    request: Request, mid: str, who: Annotated[Principal, Depends(dashboard_operator)]
+) -> Response:
+    return await merchant_action(request, mid, who, "fault")
+
+
+@router.post("/ui/merchants/{mid}/retry")
+async def merchant_retry(request: Request, mid: str, who: DashboardAdmin) -> Response:
+    return await merchant_action(request, mid, who, "retry")
+
+
+@router.post("/ui/merchants/{mid}/extend")
+async def merchant_extend(request: Request, mid: str, who: DashboardAdmin) -> Response:
+    return await merchant_action(request, mid, who, "extend")
