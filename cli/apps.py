@@ -122,8 +122,17 @@ class Gateway:
         self.http.close()
 
     def get(self, path: str, params: dict[str, str] | None = None) -> httpx.Response:
+        return self._send("GET", path, params=params)
+
+    def post(self, path: str, body: Any) -> httpx.Response:
+        """POST `body` as JSON; a 202 (accepted, pending) is a success like a 200."""
+        return self._send("POST", path, body=body)
+
+    def _send(
+        self, method: str, path: str, params: dict[str, str] | None = None, body: Any = None
+    ) -> httpx.Response:
         try:
-            response = self.http.get(path, params=params)
+            response = self.http.request(method, path, params=params, json=body)
         except httpx.TimeoutException:
             raise GatewayError(
                 f"the gateway at {self.url} did not answer within {self.timeout:g} s"

@@ -21,6 +21,7 @@ from rich.table import Table
 from cli.admin import admin_app
 from cli.apps import apps_app
 from cli.keys import keys_app
+from cli.merchants import merchants_app
 from services.stack import GATEWAY_PORT, PORTS, Served, serve, stop_all
 from services.stack import build as build_service
 from workers.codec import KeyRingError, ensure_key_ring, load_key_ring
@@ -43,6 +44,7 @@ app = typer.Typer(
 app.add_typer(admin_app, name="admin")
 app.add_typer(apps_app, name="apps")
 app.add_typer(keys_app, name="keys")
+app.add_typer(merchants_app, name="merchants")
 console = Console()
 log = structlog.get_logger(__name__)
 
