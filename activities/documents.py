@@ -10,7 +10,14 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import catalog
-from schemas.application import AccountKind, Application, IdentityKind, LicenceKind, MerchantType
+from schemas.application import (
+    AccountKind,
+    Application,
+    IdentityKind,
+    LicenceKind,
+    MerchantType,
+    SettlementAccount,
+)
 from schemas.documents import Document, DocumentKind, FieldIssue, IssueCode, ValidationReport
 from schemas.identifiers import (
     check_bank_card,
@@ -24,7 +31,7 @@ from schemas.identifiers import (
     mask_id_number,
     normalise_organisation_code,
 )
-from schemas.steps import ValidateDocuments
+from schemas.steps import SettlementChecked, ValidateDocuments, ValidateSettlement
 
 _CHECK_RULES: dict[IssueCode, str] = {
     IssueCode.INVALID_FORMAT: "is not in the expected format",
@@ -451,3 +458,29 @@ async def validate_documents(request: ValidateDocuments) -> ValidationReport:
         len(report.accepted),
     )
     return report
+
+
+@activity.defn(name=catalog.VALIDATE_SETTLEMENT)
+async def validate_settlement(request: ValidateSettlement) -> SettlementChecked:
+    """After go-live: a new settlement account (重新绑定) checked with the rules the application's
+    own account met (Luhn for a personal card, a corporate account for an enterprise, the
+    same-name rule), as of the workflow's date. Issues name `account.<field>`."""
+    try:
+        account = SettlementAccount(
+            holder_name=request.account_holder,
+            account_kind=AccountKind(request.account_kind),
+            account_number=request.account_number,
+            bank_name=request.bank_name,
+        )
+    except ValueError as err:
+        raise ApplicationError(
+            f"malformed settlement account: {type(err).__name__}", non_retryable=True
+        ) from err
+    app = request.application.model_copy(update={"settlement_account": account})
+    prefix = "settlement_account."
+    issues = [
+        issue.model_copy(update={"field": "account." + issue.field.removeprefix(prefix)})
+        for issue in validate_application(app, today=request.as_of)
+        if issue.field.startswith(prefix)
+    ]
+    return SettlementChecked(issues=issues)

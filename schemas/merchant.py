@@ -157,7 +157,8 @@ class Bill(Model):
     payment_reference: str | None = None
     reminders_sent: int = 0
     overdue: bool = False
-    refunded: bool = False  # paid while the account was closing
+    paid_after_closing: bool = False  # paid while the account was closing: refunded
+    refunded: bool = False
 
 
 class Inspection(Model):
@@ -210,6 +211,7 @@ class Request(Model):
     fault: FaultReport | None = None
     order: TerminalOrder | None = None
     rebinding: RebindingRequest | None = None
+    case_id: str | None = None  # the review case of a re-binding, once opened
 
 
 class AccountEvent(Model):
@@ -254,7 +256,9 @@ class Carried(Model):
     acks: list[Ack]
     events: list[AccountEvent]
     counters: dict[str, int]
-    attention: Attention | None
+    attentions: list[Attention]
+    last_inspection: Inspection | None
+    version: int  # of the last snapshot sent to the gateway: numbering goes on across runs
     history_events: list[int]  # history length of each earlier run
 
 
@@ -282,18 +286,21 @@ class MerchantStatus(Model):
     next_bill_at: datetime | None = None
     bills: list[Bill] = Field(default_factory=list)
     next_inspection_at: datetime | None = None
-    inspection: Inspection | None = None
+    inspection: Inspection | None = None  # booked, awaiting its result
+    last_inspection: Inspection | None = None
     remediation_until: datetime | None = None
     terminals: list[MerchantTerminal] = Field(default_factory=list)
     retired_tids: list[str] = Field(default_factory=list)
     bindings: list[Binding] = Field(default_factory=list)
     queue: list[str] = Field(default_factory=list)  # requests waiting, by id
     serving: str | None = None  # the request being served
-    attention: Attention | None = None
+    attention: Attention | None = None  # the one parked longest
+    attentions: list[Attention] = Field(default_factory=list)
     closure_cause: ClosureCause | None = None
     closure_reason: str = ""
     closed_at: datetime | None = None
     counters: dict[str, int] = Field(default_factory=dict)
+    history_events: list[int] = Field(default_factory=list)  # per earlier run
     events: list[AccountEvent] = Field(default_factory=list)
 
 

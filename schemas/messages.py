@@ -115,6 +115,9 @@ class AdminAction(Model):
     # `extend` only: the new period from now (ISO 8601, e.g. "P3D"); the stage's own period
     # from the policy when absent.
     period: timedelta | None = Field(default=None, gt=timedelta(0), le=timedelta(days=180))
+    # A merchant account may be parked on more than one step at once (a bill and a swap): the
+    # one meant; the one parked longest when absent. Applications are parked on one at most.
+    step: str | None = Field(default=None, max_length=80)
 
 
 class Ack(Model):

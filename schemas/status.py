@@ -66,6 +66,7 @@ class AttentionKind(StrEnum):
     ACTIVATION_OVERDUE = "activation_overdue"
     TRAINING_OVERDUE = "training_overdue"
     TEST_TRANSACTION_DECLINED = "test_transaction_declined"
+    INSPECTION_OVERDUE = "inspection_overdue"  # after go-live: no inspection result in time
 
 
 class Attention(Model):
@@ -186,6 +187,8 @@ class Outcome(Model):
     ended_at: datetime
     stage_entered: dict[str, datetime] = Field(default_factory=dict)
     compensations: list[str] = Field(default_factory=list)
+    # The merchant's account after go-live (`merchant-{MID}`), when it was handed over.
+    merchant_workflow_id: str | None = None
 
 
 class StageVisit(Model):

@@ -18,9 +18,10 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import catalog
-from activities.documents import validate_documents
+from activities.documents import validate_documents, validate_settlement
 from schemas import steps
 from schemas.documents import ValidationReport
+from schemas.merchant import MerchantStatus
 from schemas.policy import RiskLevel
 from schemas.status import Projection, ProjectionReceipt
 
@@ -53,6 +54,26 @@ def training_id(application_id: str) -> str:
     return f"TR-{application_id}"
 
 
+def bill_id(mid: str, period: int) -> str:
+    return f"BILL-{mid}-{period}"
+
+
+def inspection_id(mid: str, number: int) -> str:
+    return f"INS-{mid}-{number}"
+
+
+def rebinding_case_id(mid: str, request_id: str) -> str:
+    return f"RB-{mid}-{request_id}"
+
+
+def merchant_shipment_id(mid: str, request_id: str, attempt: int) -> str:
+    return f"MSH-{mid}-{request_id}-{attempt}"
+
+
+def merchant_appointment_id(mid: str, request_id: str, attempt: int) -> str:
+    return f"MAP-{mid}-{request_id}-{attempt}"
+
+
 def attempt_of(request: steps.Step) -> int:
     """The delivery attempt an idempotency key names (`<workflow>:<step>:<attempt>`)."""
     return int(request.idempotency_key.rsplit(":", 1)[-1])
@@ -76,6 +97,10 @@ class StandIns:
     refusals: dict[str, str] = field(default_factory=dict)  # name -> the service's refusal code
     declines: int = 0  # how many test transactions to decline before approving
     projections: list[Projection] = field(default_factory=list)  # kept apart from `calls`
+    merchant_projections: list[MerchantStatus] = field(default_factory=list)
+    # The TIDs handed out by swaps and added terminals (a swap that reissues retires the old one).
+    tids: dict[str, str] = field(default_factory=dict)  # serial -> TID, as bound
+    _tids: itertools.count[int] = field(default_factory=lambda: itertools.count(500))
     # What each service recorded per (application, service): read back when a deadline passes.
     recorded: dict[tuple[str, str], list[steps.ServiceEvent]] = field(default_factory=dict)
     # A step named here waits for its gate before answering (the test opens it).
@@ -158,7 +183,8 @@ class StandIns:
             run.__annotations__ = {"request": request_type, "return": BaseModel}
             return activity.defn(name=name)(run)
 
-        now = lambda: datetime.now(UTC)  # noqa: E731
+        def now() -> datetime:
+            return datetime.now(UTC)
 
         def undone(r: Any, n: int) -> steps.Undone:
             return steps.Undone(reference=f"U{n}")
@@ -189,12 +215,97 @@ class StandIns:
         @activity.defn(name=catalog.READ_SERVICE_EVENTS)
         async def read_events(request: steps.ReadServiceEvents) -> steps.ServiceEvents:
             s._record(catalog.READ_SERVICE_EVENTS, request)
-            return steps.ServiceEvents(
-                events=s.recorded.get((request.application_id, request.service), [])
-            )
+            whose = request.merchant_id or request.application_id
+            return steps.ServiceEvents(events=s.recorded.get((whose, request.service), []))
+
+        @activity.defn(name=catalog.PROJECT_MERCHANT)
+        async def project_merchant(snapshot: MerchantStatus) -> ProjectionReceipt:
+            s.merchant_projections.append(snapshot)
+            return ProjectionReceipt(applied=True, version=snapshot.version)
+
+        @activity.defn(name=catalog.VALIDATE_SETTLEMENT)
+        async def validate_account(request: steps.ValidateSettlement) -> steps.SettlementChecked:
+            s._record(catalog.VALIDATE_SETTLEMENT, request)
+            return await validate_settlement(request)  # the real rules: they are pure
+
+        def key_part(r: steps.Step, index: int) -> str:
+            return r.idempotency_key.split(":")[index]
+
+        def swapped(r: steps.SwapTerminal, n: int) -> steps.TerminalSwapped:
+            if r.move_tid:
+                return steps.TerminalSwapped(
+                    serial=r.replacement_serial, tid=s.tids[r.faulty_serial]
+                )
+            old = s.tids.get(r.faulty_serial)
+            tid = f"T{next(s._tids):07d}"
+            s.tids[r.replacement_serial] = tid
+            return steps.TerminalSwapped(serial=r.replacement_serial, tid=tid, retired_tid=old)
+
+        def more(r: steps.RegisterMoreTerminals, n: int) -> steps.TerminalsRegistered:
+            ids = []
+            for serial in r.serials:
+                s.tids[serial] = f"T{next(s._tids):07d}"
+                ids.append(steps.TerminalIds(serial=serial, tid=s.tids[serial]))
+            return steps.TerminalsRegistered(mid=r.mid, terminals=ids)
+
+        merchant: list[Callable[..., Any]] = [
+            project_merchant,
+            validate_account,
+            answer(
+                catalog.ISSUE_BILL,
+                lambda r, n: steps.BillIssued(
+                    bill_id=bill_id(r.merchant_id or "", r.period), amount=r.amount, due_at=r.due_at
+                ),
+                steps.IssueBill,
+            ),
+            answer(
+                catalog.REFUND_PAYMENT,
+                lambda r, n: steps.Refunded(refund_id=f"RF{n}"),
+                steps.RefundPayment,
+            ),
+            answer(catalog.TERMINATE_CONTRACT, undone, steps.TerminateContract),
+            answer(
+                catalog.CHANGE_ACQUIRING,
+                lambda r, n: steps.AcquiringChanged(
+                    state="suspended" if r.action == "suspend" else "enabled", changed_at=now()
+                ),
+                steps.ChangeAcquiring,
+            ),
+            answer(catalog.REGISTER_MORE_TERMINALS, more, steps.RegisterMoreTerminals),
+            answer(catalog.SWAP_TERMINAL, swapped, steps.SwapTerminal),
+            answer(catalog.UNBIND_TERMINAL, undone, steps.UnbindTerminal),
+            answer(
+                catalog.BIND_SETTLEMENT,
+                lambda r, n: steps.SettlementBound(binding_id=f"BD{n}", bound_at=now()),
+                steps.BindSettlement,
+            ),
+            answer(
+                catalog.RETIRE_MERCHANT,
+                lambda r, n: steps.MerchantRetired(
+                    mid=r.mid, retired_tids=sorted(s.tids.values()), retired_at=now()
+                ),
+                steps.RetireMerchant,
+            ),
+            answer(
+                catalog.OPEN_REBINDING_REVIEW,
+                lambda r, n: steps.RebindingReviewOpened(
+                    case_id=rebinding_case_id(r.mid, key_part(r, 2))
+                ),
+                steps.OpenRebindingReview,
+            ),
+            answer(
+                catalog.BOOK_INSPECTION,
+                lambda r, n: steps.InspectionBooked(
+                    inspection_id=inspection_id(r.mid, int(key_part(r, 2))),
+                    scheduled_for=now() + timedelta(days=1),
+                ),
+                steps.BookInspection,
+            ),
+        ]
 
         return [
             *([project] if projection else []),
+            *merchant,
             read_events,
             validate,
             answer(
@@ -247,7 +358,7 @@ class StandIns:
                 lambda r, n: steps.TerminalsRegistered(
                     mid=f"898310{n:09d}",
                     terminals=[
-                        steps.TerminalIds(serial=sn, tid=f"T{n:04d}{i:03d}")
+                        steps.TerminalIds(serial=sn, tid=s.tids.setdefault(sn, f"T{n:04d}{i:03d}"))
                         for i, sn in enumerate(r.serials)
                     ],
                 ),
@@ -257,7 +368,9 @@ class StandIns:
             answer(
                 catalog.CREATE_SHIPMENT,
                 lambda r, n: steps.ShipmentCreated(
-                    shipment_id=shipment_id(r.application_id, attempt_of(r)),
+                    shipment_id=merchant_shipment_id(r.merchant_id, key_part(r, 2), attempt_of(r))
+                    if r.merchant_id
+                    else shipment_id(r.application_id, attempt_of(r)),
                     carrier="SF Express",
                     tracking_number=f"SF{n:010d}",
                 ),
@@ -266,7 +379,11 @@ class StandIns:
             answer(
                 catalog.BOOK_INSTALLATION,
                 lambda r, n: steps.InstallationBooked(
-                    appointment_id=appointment_id(r.application_id, attempt_of(r)),
+                    appointment_id=merchant_appointment_id(
+                        r.merchant_id, key_part(r, 2), attempt_of(r)
+                    )
+                    if r.merchant_id
+                    else appointment_id(r.application_id, attempt_of(r)),
                     scheduled_for=now() + timedelta(days=2),
                 ),
                 steps.BookInstallation,

@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from activities.documents import validate_documents
+from activities.documents import validate_documents, validate_settlement
 from activities.notifications import notify_merchant
 from workers.config import TemporalSettings
 from workers.temporal import build_worker, connect, register_search_attributes
@@ -46,6 +46,7 @@ def worker_activities() -> list[Callable[..., Any]]:
     ]
     return [
         validate_documents,
+        validate_settlement,
         notify_merchant,
         *(m for s in services for m in activity_methods(s)),
     ]

@@ -26,6 +26,7 @@ from workers.config import TemporalSettings
 from workers.interceptors import LogContextInterceptor
 from workers.logging import core_logging
 from workflows import search_attributes
+from workflows.merchant import MerchantAccount
 from workflows.onboarding import PosOnboarding
 
 
@@ -153,7 +154,7 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[PosOnboarding],
+        workflows=[PosOnboarding, MerchantAccount],
         activities=list(activities),
         interceptors=INTERCEPTORS,
         **tuning,
@@ -164,7 +165,7 @@ def build_replayer(converter: DataConverter | None = None) -> Replayer:
     """A replayer configured as the workers are, for golden histories and admins' replays; it
     reads histories written before the codec existed as well as encrypted ones."""
     return Replayer(
-        workflows=[PosOnboarding],
+        workflows=[PosOnboarding, MerchantAccount],
         data_converter=converter or data_converter(),
         interceptors=INTERCEPTORS,
     )

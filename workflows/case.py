@@ -65,6 +65,8 @@ PULL_PATCH = "pull-service-on-deadline"
 CHECKPOINT_PATCH = "stop-after-step-when-withdrawn"
 BEST_EFFORT_PATCH = "best-effort-escalation"
 RETURN_PATCH = "return-when-recall-refused"
+# At go-live the merchant is handed over to its MerchantAccount workflow (after go-live).
+HANDOVER_PATCH = "hand-over-to-merchant-account"
 
 # The logistics service's refusal to recall a parcel already delivered.
 SHIPMENT_DELIVERED = "shipment_delivered"

@@ -6,18 +6,21 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.common import RetryPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
+from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities import catalog as act
     from schemas import steps
     from schemas.application import Address, Fulfilment
     from schemas.documents import DocumentSubmission, ValidationReport
+    from schemas.merchant import MerchantStart, MerchantTerminal, merchant_workflow_id
     from schemas.messages import (
         Ack,
         AdminAction,
@@ -36,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         TrainingCompleted,
         message_id,
     )
+    from schemas.policy import RiskLevel
     from schemas.status import (
         ApplicationStatus,
         AttentionKind,
@@ -51,6 +55,7 @@ with workflow.unsafe.imports_passed_through():
         BEST_EFFORT_PATCH,
         CHECKPOINT_PATCH,
         CHINA,
+        HANDOVER_PATCH,
         PULL_PATCH,
         RETURN_PATCH,
         SHIPMENT_DELIVERED,
@@ -681,8 +686,58 @@ class PosOnboarding:
         case.enter(Stage.LIVE)
         case.event("went_live", case.mid)
         await self.notify(steps.Notice.WENT_LIVE, f"MID {case.mid}")
+        handed_over = None
+        if workflow.patched(HANDOVER_PATCH):
+            handed_over = await self.hand_over(enabled.enabled_at)
         await self.settle()
-        return self.outcome(Stage.LIVE, "", went_live_at=enabled.enabled_at)
+        outcome = self.outcome(Stage.LIVE, "", went_live_at=enabled.enabled_at)
+        outcome.merchant_workflow_id = handed_over
+        return outcome
+
+    async def hand_over(self, went_live_at: datetime) -> str:
+        """Start the merchant's account workflow, once: it lives on after this one ends (the
+        parent's close abandons it), and this history stays short."""
+        case = self.case
+        assert case.mid is not None
+        account_id = merchant_workflow_id(case.mid)
+        start = MerchantStart(
+            application=self.app,
+            policy=self.policy,
+            mid=case.mid,
+            went_live_at=went_live_at,
+            contract_id=case.contract.contract_id or "",
+            deposit_amount=self.policy.deposit_amount
+            if case.contract.deposit_paid_at is not None
+            else Decimal("0.00"),
+            deposit_reference=case.contract.payment_reference,
+            risk_level=case.review.risk_level or RiskLevel.LOW,
+            terminals=[
+                MerchantTerminal(
+                    serial=t.serial,
+                    model=t.model,
+                    tid=t.tid,
+                    since=went_live_at,
+                    activated_at=t.activated_at,
+                    test_transaction=t.test_transaction,
+                    activation_code_issued=t.activation_code_issued,
+                )
+                for t in case.terminals.values()
+            ],
+        )
+        try:
+            await workflow.start_child_workflow(
+                "MerchantAccount",
+                start,
+                id=account_id,
+                parent_close_policy=ParentClosePolicy.ABANDON,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                static_summary=f"merchant {case.mid}",
+            )
+            case.event("handed_over", account_id)
+        except WorkflowAlreadyStartedError:
+            # A reset re-ran go-live: the account already exists and keeps the merchant.
+            case.event("handed_over", f"{account_id} (already running)")
+        return account_id
 
     async def close(self, end: Ended) -> Outcome:
         """Undo what was done, newest first, then end with the reason."""
