@@ -156,19 +156,13 @@ _CHANNEL_DEFAULTS: dict[Channel, dict[str, Any]] = {
         "review_sla": timedelta(days=7),
         "review_deadline": timedelta(days=21),
         "deposit_amount": Decimal("299.00"),
-        "merchant": {
-            "service_fee_per_terminal": Decimal("120.00"),
-            "rebinding_review": True,
-        },
+        "merchant": {"service_fee_per_terminal": Decimal("120.00"), "rebinding_review": True},
     },
     Channel.LAKALA: {
         "review_sla": timedelta(days=3),
         "review_deadline": timedelta(days=10),
         "deposit_amount": Decimal("99.00"),
-        "merchant": {
-            "annual_fee": Decimal("365.00"),
-            "service_fee_per_terminal": Decimal("60.00"),
-        },
+        "merchant": {"annual_fee": Decimal("365.00"), "service_fee_per_terminal": Decimal("60.00")},
     },
     Channel.TMALL: {
         "review_sla": timedelta(days=2),
