@@ -138,6 +138,8 @@ async def _up(port: int, ui_port: int) -> None:
 
     for service in SANDBOX_AUTOMATION:
         os.environ.setdefault(f"POSFLOW_{service}_AUTO", "true")
+    # ...and the merchants pay their fee bills after go-live (the demo's markers aside).
+    os.environ.setdefault("POSFLOW_CONTRACT_AUTO_PAY", "true")
 
     created = ensure_key_ring()
     if created is not None:
