@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -51,7 +53,7 @@ from schemas.messages import (
 from schemas.policy import Policy, RiskLevel
 from schemas.status import AttentionKind, Stage
 from tests.factories import enterprise_application, individual_application
-from tests.scenario import Bench, fast_policy, new_id, refused
+from tests.scenario import GOLDEN, Bench, fast_policy, new_id, refused
 from tests.standins import (
     StandIns,
     bill_id,
@@ -66,6 +68,7 @@ from workflows.merchant import MerchantAccount
 pytestmark = pytest.mark.asyncio
 
 MID = "898310000000042"
+MERCHANT_GOLDEN = GOLDEN / "merchant"
 DAY = timedelta(days=1)
 
 
@@ -81,6 +84,22 @@ class Account:
     services: StandIns
     handle: WorkflowHandle[MerchantAccount, MerchantOutcome]
     start: MerchantStart
+    first: WorkflowHandle[MerchantAccount, MerchantOutcome]  # the first run only
+
+    async def save_golden(self, name: str, *, first_run: bool = False) -> None:
+        """Keep a run's history as a golden one (`POSFLOW_RECORD_GOLDEN=1`) for replay."""
+        if not os.environ.get("POSFLOW_RECORD_GOLDEN"):
+            return
+        handle = self.handle
+        if first_run:
+            handle = self.env.client.get_workflow_handle_for(
+                MerchantAccount.run, self.handle.id, run_id=self.first.first_execution_run_id
+            )
+        history = await handle.fetch_history()
+        MERCHANT_GOLDEN.mkdir(parents=True, exist_ok=True)
+        data = json.loads(history.to_json())
+        text = json.dumps(data, indent=1, ensure_ascii=False) + "\n"
+        (MERCHANT_GOLDEN / f"{name}.json").write_text(text)
 
     async def status(self) -> MerchantStatus:
         return await self.handle.query(MerchantAccount.status)
@@ -220,7 +239,7 @@ class Accounts:
                 for s in serials
             ],
         )
-        await self.env.client.start_workflow(
+        first = await self.env.client.start_workflow(
             MerchantAccount.run, start, id=merchant_workflow_id(MID), task_queue=self.queue
         )
         # Not bound to the first run: messages and queries follow the account across runs.
@@ -228,7 +247,7 @@ class Accounts:
             MerchantAccount.run, merchant_workflow_id(MID)
         )
         self.handles.append(handle)
-        account = Account(self.env, self.services, handle, start)
+        account = Account(self.env, self.services, handle, start, first)
         await account.until(lambda s: s.state is AccountState.ACTIVE, "open")
         return account
 
@@ -319,6 +338,9 @@ async def test_a_late_bill_suspends_acquiring_and_the_payment_reinstates_it(
     ]
     assert status.counters["bills_paid_late"] == 1
     assert "reinstated" in accounts.services.notices()
+    await account.close()
+    await account.handle.result()
+    await account.save_golden("fee_late_reinstated_then_closed")
 
 
 async def test_a_bill_never_paid_closes_the_account_after_the_suspension_limit(
@@ -346,6 +368,7 @@ async def test_a_bill_never_paid_closes_the_account_after_the_suspension_limit(
     assert _terminal(status, "SN-OLD-0").state is TerminalState.RETURNING
     assert "T0000000" in status.retired_tids
     assert any(e.kind == "bill_written_off" for e in status.events)
+    await account.save_golden("fee_unpaid_closed_by_suspension")
     with pytest.raises(RPCError):  # the account is closed: nothing takes the message
         await account.pay(1)
 
@@ -481,6 +504,9 @@ async def test_a_faulty_terminal_is_swapped_by_mail_keeping_its_tid(accounts: Ac
     assert [r.serial for r in accounts.services.requests(catalog.UNBIND_TERMINAL)] == ["SN-OLD-0"]
     assert status.retired_tids == [] and status.queue == []
     assert "terminal_replaced" in accounts.services.notices()
+    await account.close()
+    await account.handle.result()
+    await account.save_golden("swapped_by_mail_then_closed")
 
 
 async def _other_fault(account: Account) -> Ack:
@@ -596,6 +622,9 @@ async def test_a_new_account_is_reviewed_then_bound_and_the_old_binding_kept(
     assert new.account_last4 == GOOD_CARD[-4:] and new.binding_id
     assert GOOD_CARD not in status.model_dump_json()
     assert accounts.services.requests(catalog.BIND_SETTLEMENT)[0].account_last4 == GOOD_CARD[-4:]
+    await account.close()
+    await account.handle.result()
+    await account.save_golden("rebound_after_review_then_closed")
 
 
 async def test_an_invalid_account_is_refused_naming_the_field_and_nothing_changes(
@@ -758,6 +787,8 @@ async def test_the_account_continues_as_new_keeping_its_record_and_its_messages(
     await account.close()
     outcome = await account.handle.result()
     assert outcome.runs >= runs and outcome.cause is ClosureCause.REQUESTED
+    await account.save_golden("continued_as_new_first_run", first_run=True)
+    await account.save_golden("continued_as_new_last_run")
 
 
 # --- the hand-over -----------------------------------------------------------------------------
@@ -778,4 +809,5 @@ async def test_go_live_hands_the_merchant_over_to_its_account_once(bench: Bench)
     assert [t.tid for t in status.terminals] == outcome.tids
     assert status.deposit_held == run.policy.deposit_amount
     assert status.contract_id == (await run.status()).contract.contract_id
+    await run.save_golden("individual_mail_live_handed_over")
     await handle.terminate("test finished")

@@ -50,6 +50,21 @@ def test_every_path_has_a_golden_history(generation: str) -> None:
     assert expected <= names, f"missing golden histories: {sorted(expected - names)}"
 
 
+def test_every_merchant_path_has_a_golden_history() -> None:
+    """After go-live: the hand-over, and the MerchantAccount paths (`tests/test_merchant.py`)."""
+    assert (GOLDEN_DIR / "individual_mail_live_handed_over.json").exists()
+    names = {path.stem for path in (GOLDEN_DIR / "merchant").glob("*.json")}
+    expected = {
+        "fee_late_reinstated_then_closed",
+        "fee_unpaid_closed_by_suspension",
+        "swapped_by_mail_then_closed",
+        "rebound_after_review_then_closed",
+        "continued_as_new_first_run",
+        "continued_as_new_last_run",
+    }
+    assert expected <= names, f"missing golden histories: {sorted(expected - names)}"
+
+
 @pytest.mark.parametrize("path", GOLDEN, ids=[str(p.relative_to(GOLDEN_DIR)) for p in GOLDEN])
 async def test_golden_history_replays(path: Path) -> None:
     text = await asyncio.to_thread(path.read_text)
