@@ -373,6 +373,17 @@ async def test_a_bill_never_paid_closes_the_account_after_the_suspension_limit(
         await account.pay(1)
 
 
+async def test_a_free_schedule_bills_nothing_and_never_suspends(accounts: Accounts) -> None:
+    account = await accounts.open(service_fee_per_terminal=Decimal("0.00"))
+    await account.sleep(366)
+    status = await account.until(
+        lambda s: any(e.kind == "no_fee_due" for e in s.events), "a year passed"
+    )
+    assert status.bills == [] and status.fees_due == Decimal("0.00")
+    assert catalog.ISSUE_BILL not in accounts.services.names()
+    assert status.next_bill_at == account.start.went_live_at + 2 * 365 * DAY
+
+
 # --- inspections -------------------------------------------------------------------------------
 
 

@@ -356,6 +356,10 @@ class MerchantAccount:
         amount = annual_fee + service_fee
         issued_at = workflow.now()
         due_at = issued_at + policy.payment_period
+        if amount == 0:  # a free schedule, or no terminal in service: nothing to bill
+            self.bills_issued = period
+            self.event("no_fee_due", f"period {period}: nothing to bill")
+            return
         with self.step_creating("bill"):
             issued = await self.step(
                 "fees",
