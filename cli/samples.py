@@ -103,8 +103,19 @@ class Sample:
     bad_document: bool  # the identity card carries a wrong check character
 
 
-def sample(seed: int, *, bad_document: bool = False, category: str = "retail") -> Sample:
-    """One applicant: individual or enterprise, USCC or legacy licence, mail or on-site."""
+def sample(
+    seed: int,
+    *,
+    bad_document: bool = False,
+    category: str = "retail",
+    name_marker: str = "",
+    street_marker: str = "",
+) -> Sample:
+    """One applicant: individual or enterprise, USCC or legacy licence, mail or on-site.
+
+    `name_marker` is appended to the merchant's name (on its licence and, for an enterprise, its
+    account too) and `street_marker` to its street: the sandbox services' demo markers (the
+    contract service's auto-payer reads the name, the logistics inspectors the street)."""
     rnd = random.Random(seed)
     province, city, area = rnd.choice(_CITIES)
     enterprise = rnd.random() < 0.4
@@ -118,6 +129,7 @@ def sample(seed: int, *, bad_document: bool = False, category: str = "retail") -
     org_code = make_org_code(seed * 7919 + 17)
     if enterprise:
         name = f"{city.removesuffix('市').removesuffix('区')}{rnd.choice(_SURNAMES)}氏商贸有限公司"
+        name += name_marker
         licence_number = (
             make_registration_number(seed, area)
             if legacy
@@ -130,7 +142,7 @@ def sample(seed: int, *, bad_document: bool = False, category: str = "retail") -
             bank_name="中国银行",
         )
     else:
-        name = f"{city}{rep_name}{rnd.choice(_SHOPS)}"
+        name = f"{city}{rep_name}{rnd.choice(_SHOPS)}{name_marker}"
         licence_number = (
             make_registration_number(seed, area)
             if legacy
@@ -143,7 +155,9 @@ def sample(seed: int, *, bad_document: bool = False, category: str = "retail") -
             bank_name="中国工商银行",
         )
     address = Address(
-        province=province, city=city, street=f"{rnd.choice('东西南北')}大街{rnd.randint(1, 300)}号"
+        province=province,
+        city=city,
+        street=f"{rnd.choice('东西南北')}大街{rnd.randint(1, 300)}号{street_marker}",
     )
     application = Application(
         application_id=f"DEMO-{seed:06d}",
@@ -204,3 +218,21 @@ def sample(seed: int, *, bad_document: bool = False, category: str = "retail") -
             ),
         ]
     return Sample(application, documents, bad_document)
+
+
+def new_settlement_account(application: Application, seed: int) -> SettlementAccount:
+    """Another account for the same holder (重新绑定), valid under the application's rules: a
+    Luhn-valid personal card for the same person, or another corporate account of the
+    enterprise, at another bank."""
+    current = application.settlement_account
+    number = (
+        make_bank_card(seed)
+        if current.account_kind is AccountKind.PERSONAL
+        else make_corporate_account(seed)
+    )
+    return SettlementAccount(
+        holder_name=current.holder_name,
+        account_kind=current.account_kind,
+        account_number=number,
+        bank_name="中国建设银行",
+    )
