@@ -292,11 +292,17 @@ def demo(
     ] = f"http://127.0.0.1:{GATEWAY_PORT}",
     seed: Annotated[int, typer.Option(help="First seed of the generated merchants.")] = 1,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for every case to settle.")] = 300,
+    years: Annotated[
+        int,
+        typer.Option(
+            min=0, max=20, help="Simulated years (a minute each) to watch merchants after go-live."
+        ),
+    ] = 1,
 ) -> None:
     """Submit generated applications to a running stack (`posflow up`) and report how they end."""
-    from cli.demo import run_demo
+    from cli.demo import print_merchant_summary, run_demo
 
-    result = asyncio.run(run_demo(gateway_url, count, seed, timeout))
+    result = asyncio.run(run_demo(gateway_url, count, seed, timeout, years))
     table = Table(title=f"posflow demo: {result.submitted} applications in {result.seconds:.1f} s")
     table.add_column("outcome")
     table.add_column("applications", justify="right")
@@ -308,6 +314,7 @@ def demo(
     console.print(table)
     for app_id, stage in sorted(result.unfinished.items()):
         console.print(f"  {app_id} still in {stage}", highlight=False)
+    print_merchant_summary(console, result)
     if result.unfinished:
         raise typer.Exit(1)
 
