@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlmodel import select
+from sqlmodel import col, select
 from temporalio.client import Client
 
 from gateway.app import GatewaySettings, create_app
@@ -63,9 +63,10 @@ class Stack:
     home: Path  # the session's state: each service's and the gateway's database
     worker_metrics: str  # the worker's Prometheus endpoint
 
-    async def start(self, app: Application) -> None:
-        """Started by an admin: only an admin may override the policy."""
-        body = {**app.model_dump(mode="json"), "policy": FAST_POLICY}
+    async def start(self, app: Application, policy: dict[str, Any] | None = None) -> None:
+        """Started by an admin: only an admin may override the policy (`policy` on top of
+        FAST_POLICY, e.g. a merchant's short year: `{"merchant": {"billing_period": ...}}`)."""
+        body = {**app.model_dump(mode="json"), "policy": {**FAST_POLICY, **(policy or {})}}
         response = await self.gateway.post("/api/applications", json=body)
         assert response.status_code == 201, response.text
 
@@ -97,7 +98,8 @@ class Stack:
         )
 
     async def activate_terminals(self, app: Application) -> None:
-        """The merchant enters each activation code on its terminal."""
+        """The merchant enters each activation code on its terminal: the one it was just sent
+        (a terminal back in stock from an earlier merchant keeps that merchant's used code)."""
         status = await self.until(app, "activating")
         device_url = self.served["device"].url
         async with httpx.AsyncClient(base_url=device_url) as http:
@@ -105,9 +107,13 @@ class Stack:
                 for _ in range(100):
                     with self.services["device"].session() as session:
                         code = session.exec(
-                            select(device.ActivationCodeRow).where(
-                                device.ActivationCodeRow.serial == terminal["serial"]
+                            select(device.ActivationCodeRow)
+                            .where(
+                                device.ActivationCodeRow.serial == terminal["serial"],
+                                col(device.ActivationCodeRow.used_at).is_(None),
+                                col(device.ActivationCodeRow.revoked_at).is_(None),
                             )
+                            .order_by(col(device.ActivationCodeRow.id).desc())
                         ).first()
                     if code is not None:
                         break
@@ -116,13 +122,15 @@ class Stack:
                 response = await http.post(
                     f"/terminals/{terminal['serial']}/activation",
                     json={"code": code.code},
-                    headers={"Idempotency-Key": f"activate-{terminal['serial']}"},
+                    headers={"Idempotency-Key": f"activate-{terminal['serial']}-{code.id}"},
                 )
                 assert response.is_success, response.text
 
-    async def go_live(self, app: Application) -> dict[str, Any]:
+    async def go_live(
+        self, app: Application, policy: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Start `app`, file its documents, activate its terminals; its status once live."""
-        await self.start(app)
+        await self.start(app, policy)
         response = await self.submit(app)
         assert response.status_code == 200, response.text
         await self.activate_terminals(app)
@@ -133,12 +141,13 @@ class Stack:
         self.served[name] = await serve(name, self.services[name].app, self.ports[name])
 
 
-def new_application() -> Application:
-    """An individual business the auto-reviewer approves in round 1."""
+def new_application(**overrides: Any) -> Application:
+    """An individual business the auto-reviewer approves in round 1 (`overrides`: top-level
+    fields, e.g. `channel=Channel.BANK`)."""
     while True:
         app_id = f"E{uuid.uuid4().hex[:10].upper()}"
         if stable_bucket(app_id) != 0:
-            return individual_application(application_id=app_id)
+            return individual_application(application_id=app_id, **overrides)
 
 
 @pytest.fixture(scope="session")
@@ -166,7 +175,13 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     await ready.wait()
     automation = {
         "review": {"auto_review": "true", "auto_review_delay_ms": "200"},
-        "contract": {"auto_sign": "true", "auto_sign_delay_ms": "200"},
+        # Bills are paid too: only a merchant whose policy bills within the session gets one.
+        "contract": {
+            "auto_sign": "true",
+            "auto_sign_delay_ms": "200",
+            "auto_pay_bills": "true",
+            "auto_pay_delay_ms": "200",
+        },
         "logistics": {"auto_progress": "true", "auto_delay_ms": "200"},
         "device": {"stock_per_model": "30"},
     }
