@@ -9,8 +9,7 @@ stock once logistics has them at the warehouse. The merchant enters each activat
 read from the device service's records as it reads it from the SMS.
 
 The second test pins a billing rule a swap must keep: an anniversary that falls after the
-replacement is in service but before the faulty unit is returned bills one terminal, not two. It
-is reported xfail while the product bills both (see its message).
+replacement is in service but before the faulty unit is returned bills one terminal, not two.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from functools import partial
 from typing import Any, TypeVar
 
 import httpx
-import pytest
 from sqlmodel import col, select
 
 from schemas.application import Channel
@@ -325,12 +323,6 @@ async def test_a_bill_during_a_swap_charges_one_fee_for_the_unit_and_its_replace
     assert response.status_code == 200, response.text
     await eventually(merchant, lambda m: m["state"] == "closed", "account closed")
     # One terminal was in service: the replacement (the faulty unit has no TID since the swap).
-    if bill["terminals"] == 2:
-        pytest.xfail(
-            "product bug: MerchantAccount.in_service() (workflows/merchant.py) counts the FAULTY "
-            "unit whose replacement is already ACTIVE, so a bill issued before the faulty unit "
-            f"is unbound charges the service fee twice: {bill}"
-        )
     assert (bill["terminals"], Decimal(bill["amount"])) == (1, BANK_SERVICE_FEE), bill
 
 

@@ -307,10 +307,18 @@ class MerchantAccount:
         return next((b for b in self.bills if b.paid_at is None and not b.refunded), None)
 
     def in_service(self) -> list[MerchantTerminal]:
+        """The terminals the merchant has in service: a faulty one counts until its replacement
+        takes over (one position, one fee), then the replacement does."""
+
+        def replaced(t: MerchantTerminal) -> bool:
+            new = self.terminals.get(t.replaced_by or "")
+            return new is not None and new.state is TerminalState.ACTIVE
+
         return [
             t
             for t in self.terminals.values()
-            if t.state in (TerminalState.ACTIVE, TerminalState.FAULTY)
+            if t.state is TerminalState.ACTIVE
+            or (t.state is TerminalState.FAULTY and not replaced(t))
         ]
 
     async def fees(self) -> None:
