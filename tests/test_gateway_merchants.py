@@ -793,3 +793,21 @@ async def test_status_is_live_and_then_the_stored_file_once_the_workflow_is_gone
     assert kept.status_code == 200 and kept.headers["X-Posflow-Source"] == "snapshot"
     assert kept.json()["merchant_name"] == "Kept File"
     assert kept.json()["bindings"][0]["account_last4"] == "0123"
+
+
+async def test_a_merchant_key_reaches_an_account_before_its_first_snapshot(bench: Bench) -> None:
+    """Just handed over, the account has not yet sent the gateway a snapshot: the merchant's
+    request is checked against the workflow itself rather than refused as unknown."""
+    mid = mid_for(31)
+    await bench.env.client.start_workflow(
+        StandInMerchant.run, mid, id=merchant_workflow_id(mid), task_queue=bench.queue
+    )
+    everyone, bank = bench.client({"X-Api-Key": ALL_KEY}), bench.client({"X-Api-Key": BANK_KEY})
+    async with everyone, bank:
+        reported = await everyone.post(f"/api/merchants/{mid}/faults", json=fault("early-1"))
+        assert reported.status_code == 200, reported.text
+        # The workflow says which channel: the bank's key may act for this bank merchant.
+        own = await bank.post(f"/api/merchants/{mid}/faults", json=fault("early-2"))
+        assert own.status_code == 200, own.text
+        nobody = await everyone.post(f"/api/merchants/{mid_for(32)}/faults", json=fault("e-3"))
+        assert nobody.status_code == 404

@@ -51,7 +51,7 @@ from gateway.models import (
     PendingReceipt,
     Receipt,
 )
-from gateway.resources import ClientDep, StoreDep
+from gateway.resources import ClientDep, StoreDep, client_of
 from gateway.routes.admin import actor_of, workflow_message
 from gateway.store import MerchantCounts, MerchantFilter, MessageRecord, Store
 from schemas import messages
@@ -179,13 +179,18 @@ def who(caller: Principal) -> str:
     return f"merchant:{caller.merchant}" if caller.role is None else actor_of(caller)
 
 
-async def visible_merchant(store: Store, caller: Principal, mid: str) -> None:
+async def visible_merchant(store: Store, caller: Principal, mid: str, request: Request) -> None:
     """A merchant key acts only on its channel's merchants: any other is answered 404, like a
-    MID that does not exist."""
+    MID that does not exist. A merchant just handed over may not have sent its first snapshot
+    yet: its workflow is asked then, as the read does."""
     if caller.role is not None:
         return
     record = await asyncio.to_thread(store.merchant, mid)
-    if record is None or not caller.may_see(record.channel):
+    channel = record.channel if record is not None else None
+    if channel is None:
+        found = await merchant_status(client_of(request), store, mid)
+        channel = found[0].channel if found is not None else None
+    if channel is None or not caller.may_see(channel):
         raise unknown_merchant(mid)
 
 
@@ -194,7 +199,7 @@ async def report_fault(
     mid: Mid, report: FaultReport, request: Request, caller: MerchantOrOperator, store: StoreDep
 ) -> JSONResponse:
     """A terminal does not work: a replacement is sent (换机) and the faulty one comes back."""
-    await visible_merchant(store, caller, mid)
+    await visible_merchant(store, caller, mid, request)
     return await deliver_to_merchant(
         request,
         mid,
@@ -217,7 +222,7 @@ async def order_terminals(
     mid: Mid, order: TerminalOrder, request: Request, caller: MerchantOrAdmin, store: StoreDep
 ) -> JSONResponse:
     """More terminals under the same MID."""
-    await visible_merchant(store, caller, mid)
+    await visible_merchant(store, caller, mid, request)
     return await deliver_to_merchant(
         request,
         mid,
@@ -245,7 +250,7 @@ async def rebind_settlement(
 ) -> JSONResponse:
     """Settle to a new account (重新绑定), once review approves it; the audit trail keeps the
     account number masked."""
-    await visible_merchant(store, caller, mid)
+    await visible_merchant(store, caller, mid, request)
     return await deliver_to_merchant(
         request,
         mid,
