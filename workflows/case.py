@@ -11,11 +11,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 from activities import catalog
 from activities.documents import required_documents_v1
@@ -34,6 +35,7 @@ from schemas.messages import (
     SiteSurveyResult,
     TerminalActivated,
     TrainingCompleted,
+    message_id,
 )
 from schemas.status import (
     ApplicationStatus,
@@ -88,6 +90,55 @@ WITHDRAWABLE = {
     Stage.ACTIVATING,
     Stage.TRAINING,
 }
+
+
+Message = TypeVar("Message", bound=BaseModel)
+
+
+async def receive(
+    message: Message,
+    check: Callable[[Message], bool],
+    apply: Callable[[Message], Ack],
+    duplicate: Callable[[str], Ack | None],
+) -> Ack:
+    """One rule for every message, in both workflows: a duplicate is acknowledged (`duplicate`
+    answers the earlier ack); one that refers to something a step is still creating (`check`
+    says True) waits here until the step has recorded it; then it is applied, or refused with the
+    real reason (`check` raises it)."""
+    key = message_id(message)
+    if (ack := duplicate(key)) is not None:
+        return ack
+    if check(message):
+        await workflow.wait_condition(
+            lambda: duplicate(key) is not None or not still_waiting(lambda: check(message))
+        )
+        if (ack := duplicate(key)) is not None:
+            return ack
+        check(message)  # raises the refusal, if that is how it turned out
+    return apply(message)
+
+
+def still_waiting(check: Callable[[], bool]) -> bool:
+    """Whether a pending message must still wait (a refusal stops the wait: it is final)."""
+    try:
+        return check()
+    except ApplicationError:
+        return False
+
+
+def innermost(err: BaseException) -> BaseException:
+    cause = err
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    return cause
+
+
+def failure_reason(err: ActivityError) -> str:
+    """The innermost failure message: what the service or the retry policy said."""
+    cause = innermost(err)
+    if isinstance(cause, ApplicationError):
+        return f"{cause.type or 'error'}: {cause.message}"
+    return str(cause)
 
 
 def refuse(kind: Refusal, message: str) -> ApplicationError:
@@ -576,14 +627,6 @@ class Case:
         if self.shipment is None or self.shipment.shipment_id != scan.shipment_id:
             raise refuse(Refusal.UNKNOWN_REFERENCE, f"scan for unknown shipment {scan.shipment_id}")
         return False
-
-    @staticmethod
-    def waiting(check: Callable[[], bool]) -> bool:
-        """Whether a pending message must still wait (a refusal stops the wait: it is final)."""
-        try:
-            return check()
-        except ApplicationError:
-            return False
 
     def check_cancel(self, request: CancelRequest) -> None:
         if self.cancel is not None:

@@ -73,7 +73,14 @@ with workflow.unsafe.imports_passed_through():
         message_id,
     )
     from schemas.status import Attention, AttentionKind, ProjectionReceipt
-    from workflows.case import CHINA, PROJECTION_ATTEMPTS, refuse
+    from workflows.case import (
+        CHINA,
+        PROJECTION_ATTEMPTS,
+        failure_reason,
+        innermost,
+        receive,
+        refuse,
+    )
 
 T = TypeVar("T", bound=BaseModel)
 Message = TypeVar("Message", bound=BaseModel)
@@ -1115,7 +1122,7 @@ class MerchantAccount:
                 steps.ServiceEvents,
             )
         except ActivityError as err:
-            self.event("service_unreachable", f"{service}: {_reason(err)}")
+            self.event("service_unreachable", f"{service}: {failure_reason(err)}")
             return done()
         receivers: dict[str, tuple[type[BaseModel], Callable[[Any], bool], Callable[[Any], Ack]]]
         receivers = {
@@ -1173,9 +1180,9 @@ class MerchantAccount:
                 return await self.execute(name, arg, result_type)
             except ActivityError as err:
                 if refusable and _non_retryable(err):
-                    raise Refused(_reason(err)) from err
+                    raise Refused(failure_reason(err)) from err
                 verb = await self.park(
-                    loop, AttentionKind.STEP_FAILED, name, _reason(err), skippable=skippable
+                    loop, AttentionKind.STEP_FAILED, name, failure_reason(err), skippable=skippable
                 )
                 if verb == "skip":
                     self.event("step_skipped", name)
@@ -1205,7 +1212,7 @@ class MerchantAccount:
                 steps.Notified,
             )
         except ActivityError as err:
-            self.event("notification_failed", f"{notice.value}: {_reason(err)}")
+            self.event("notification_failed", f"{notice.value}: {failure_reason(err)}")
 
     # --- the record -------------------------------------------------------------------------
 
@@ -1253,7 +1260,7 @@ class MerchantAccount:
                 )
             except ActivityError as err:
                 workflow.logger.log(
-                    logging.WARNING, "projection_given_up", extra={"error": _reason(err)}
+                    logging.WARNING, "projection_given_up", extra={"error": failure_reason(err)}
                 )
             finally:
                 self.projecting = False
@@ -1332,27 +1339,10 @@ class MerchantAccount:
                 Refusal.OUT_OF_STAGE, f"merchant {self.mid} is closing: {message} is not accepted"
             )
 
-    @staticmethod
-    def waiting(check: Callable[[], bool]) -> bool:
-        try:
-            return check()
-        except ApplicationError:
-            return False
-
     async def receive(
         self, message: Message, check: Callable[[Message], bool], apply: Callable[[Message], Ack]
     ) -> Ack:
-        key = message_id(message)
-        if (ack := self.duplicate(key)) is not None:
-            return ack
-        if check(message):
-            await workflow.wait_condition(
-                lambda: key in self.acks or not self.waiting(lambda: check(message))
-            )
-            if (ack := self.duplicate(key)) is not None:
-                return ack
-            check(message)
-        return apply(message)
+        return await receive(message, check, apply, self.duplicate)
 
     def validate(self, message: BaseModel, check: Callable[[Any], Any]) -> None:
         if message_id(message) not in self.acks:
@@ -1644,7 +1634,7 @@ class MerchantAccount:
             )
         except ActivityError as err:
             raise refuse(
-                Refusal.UNAVAILABLE, f"the account could not be checked now: {_reason(err)}"
+                Refusal.UNAVAILABLE, f"the account could not be checked now: {failure_reason(err)}"
             ) from err
         if (ack := self.duplicate(request.request_id)) is not None:
             return ack
@@ -1761,22 +1751,8 @@ def _day(moment: datetime) -> str:
     return moment.astimezone(CHINA).date().isoformat()
 
 
-def _innermost(err: BaseException) -> BaseException:
-    cause = err
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
-    return cause
-
-
-def _reason(err: ActivityError) -> str:
-    cause = _innermost(err)
-    if isinstance(cause, ApplicationError):
-        return f"{cause.type or 'error'}: {cause.message}"
-    return str(cause)
-
-
 def _non_retryable(err: ActivityError) -> bool:
-    cause = _innermost(err)
+    cause = innermost(err)
     return isinstance(cause, ApplicationError) and cause.non_retryable
 
 

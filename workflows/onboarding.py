@@ -62,6 +62,9 @@ with workflow.unsafe.imports_passed_through():
         Case,
         Ended,
         Undo,
+        failure_reason,
+        innermost,
+        receive,
         refuse,
     )
 
@@ -276,7 +279,8 @@ class PosOnboarding:
             try:
                 await self.execute(act.ESCALATE_REVIEW, request, steps.Escalated)
             except ActivityError as err:
-                case.event("escalation_failed", f"level {level}: {_reason(err)}", level=level)
+                reason = failure_reason(err)
+                case.event("escalation_failed", f"level {level}: {reason}", level=level)
                 return
         case.event("review_escalated", f"level {level}", level=level, round=case.round)
 
@@ -872,7 +876,7 @@ class PosOnboarding:
                 steps.ServiceEvents,
             )
         except ActivityError as err:
-            case.event("service_unreachable", f"{service}: {_reason(err)}", service=service)
+            case.event("service_unreachable", f"{service}: {failure_reason(err)}", service=service)
             return done()
         for event in found.events:
             self.recover(service, event)
@@ -943,7 +947,7 @@ class PosOnboarding:
             try:
                 return await self.execute(name, arg, result_type)
             except ActivityError as err:
-                await self.park(AttentionKind.STEP_FAILED, name, _reason(err))
+                await self.park(AttentionKind.STEP_FAILED, name, failure_reason(err))
 
     async def try_step(
         self,
@@ -961,9 +965,10 @@ class PosOnboarding:
                 return True
             except ActivityError as err:
                 if refused_when is not None and _error_type(err) == refused_when:
-                    raise Refused(_reason(err)) from err
+                    raise Refused(failure_reason(err)) from err
+                reason = failure_reason(err)
                 if (
-                    await self.park(AttentionKind.STEP_FAILED, name, _reason(err), skippable=True)
+                    await self.park(AttentionKind.STEP_FAILED, name, reason, skippable=True)
                     == "skip"
                 ):
                     return False
@@ -1029,7 +1034,7 @@ class PosOnboarding:
             )
             case.event("merchant_notified", notice.value)
         except ActivityError as err:
-            case.event("notification_failed", f"{notice.value}: {_reason(err)}")
+            case.event("notification_failed", f"{notice.value}: {failure_reason(err)}")
 
     # --- messages from people and services ------------------------------------------------------
 
@@ -1068,7 +1073,7 @@ class PosOnboarding:
         except ActivityError as err:
             # Nothing is filed: the merchant can send the same submission again.
             raise refuse(
-                Refusal.UNAVAILABLE, f"documents could not be validated now: {_reason(err)}"
+                Refusal.UNAVAILABLE, f"documents could not be validated now: {failure_reason(err)}"
             ) from err
         # File what passed; a bad replacement never pushes out a good document already on file.
         for kind in report.accepted:
@@ -1106,21 +1111,7 @@ class PosOnboarding:
     async def receive(
         self, message: Message, check: Callable[[Message], bool], apply: Callable[[Message], Ack]
     ) -> Ack:
-        """One rule for every message: a duplicate is acknowledged; one that refers to something
-        a step is still creating waits here until the step has recorded it; then it is applied,
-        or refused with the real reason."""
-        case = self.case
-        key = message_id(message)
-        if (ack := case.duplicate(key)) is not None:
-            return ack
-        if check(message):
-            await workflow.wait_condition(
-                lambda: key in case.acks or not case.waiting(lambda: check(message))
-            )
-            if (ack := case.duplicate(key)) is not None:
-                return ack
-            check(message)  # raises the refusal, if that is how it turned out
-        return apply(message)
+        return await receive(message, check, apply, self.case.duplicate)
 
     @workflow.update
     async def review_decision(self, decision: ReviewDecision) -> Ack:
@@ -1310,23 +1301,8 @@ class Refused(Exception):
     """A step refused for a reason its caller handles another way."""
 
 
-def _innermost(err: ActivityError) -> BaseException:
-    cause: BaseException = err
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
-    return cause
-
-
-def _reason(err: ActivityError) -> str:
-    """The innermost failure message: what the service or the retry policy said."""
-    cause = _innermost(err)
-    if isinstance(cause, ApplicationError):
-        return f"{cause.type or 'error'}: {cause.message}"
-    return str(cause)
-
-
 def _error_type(err: ActivityError) -> str | None:
-    cause = _innermost(err)
+    cause = innermost(err)
     return cause.type if isinstance(cause, ApplicationError) else None
 
 
