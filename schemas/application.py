@@ -274,6 +274,11 @@ class Application(Model):
     device_order: DeviceOrder
     fulfilment: Fulfilment
     installation_address: Address | None = None  # defaults to the merchant's address
+    # Channel prerequisites (`schemas.channels`), absent from applications that need none:
+    # the merchant's Tmall store (天猫店铺), required on Tmall and checked with the platform;
+    # the bank a bank application chooses (选择银行), one of its profile's banks.
+    tmall_store: OptionalText | None = Field(default=None, max_length=60)
+    acquiring_bank: OptionalText | None = Field(default=None, max_length=40)
 
     @property
     def workflow_id(self) -> str:

@@ -18,6 +18,8 @@ class DocumentKind(StrEnum):
     ORGANISATION_CODE = "organisation_code"  # 组织机构代码证 (legacy licence only)
     BANK_ACCOUNT_PROOF = "bank_account_proof"  # 结算账户证明
     PREMISES_PHOTOS = "premises_photos"  # 经营场所照片
+    # 相关行业经营许可证: food, pharmacy... (`schemas.channels.REGULATED_CATEGORIES`)
+    INDUSTRY_LICENCE = "industry_licence"
 
 
 class Document(Model):

@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from schemas.application import Channel, Model
+from schemas.channels import PROFILES, ChannelProfile
 
 
 class RiskLevel(StrEnum):
@@ -148,32 +149,25 @@ class Policy(Model):
         return self.deposit_amount > 0
 
 
+def _channel_defaults(profile: ChannelProfile) -> dict[str, Any]:
+    """A channel's policy defaults, from its profile (`schemas.channels`): the review deadlines,
+    the deposit, and after go-live the fees and the re-binding review. Banks review longer and
+    ask a deposit (押金); Lakala charges an annual fee (年费) besides; the platforms waive the
+    deposit and charge a small service fee."""
+    return {
+        "review_sla": profile.review.sla,
+        "review_deadline": profile.review.deadline,
+        "deposit_amount": profile.fees.deposit,
+        "merchant": {
+            "annual_fee": profile.fees.annual_fee,
+            "service_fee_per_terminal": profile.fees.service_fee_per_terminal,
+            "rebinding_review": profile.review.rebinding_review,
+        },
+    }
+
+
 _CHANNEL_DEFAULTS: dict[Channel, dict[str, Any]] = {
-    # Banks review longer and ask a deposit (押金); platforms are quicker and waive it. After
-    # go-live a bank charges a service fee per terminal and reviews a new settlement account;
-    # Lakala charges an annual fee (年费) besides; the platforms a small service fee.
-    Channel.BANK: {
-        "review_sla": timedelta(days=7),
-        "review_deadline": timedelta(days=21),
-        "deposit_amount": Decimal("299.00"),
-        "merchant": {"service_fee_per_terminal": Decimal("120.00"), "rebinding_review": True},
-    },
-    Channel.LAKALA: {
-        "review_sla": timedelta(days=3),
-        "review_deadline": timedelta(days=10),
-        "deposit_amount": Decimal("99.00"),
-        "merchant": {"annual_fee": Decimal("365.00"), "service_fee_per_terminal": Decimal("60.00")},
-    },
-    Channel.TMALL: {
-        "review_sla": timedelta(days=2),
-        "review_deadline": timedelta(days=7),
-        "merchant": {"service_fee_per_terminal": Decimal("36.00")},
-    },
-    Channel.ALIPAY: {
-        "review_sla": timedelta(days=2),
-        "review_deadline": timedelta(days=7),
-        "merchant": {"service_fee_per_terminal": Decimal("36.00")},
-    },
+    channel: _channel_defaults(profile) for channel, profile in PROFILES.items()
 }
 
 
