@@ -18,6 +18,7 @@ from schemas.application import (
     MerchantType,
     SettlementAccount,
 )
+from schemas.channels import REGULATED_CATEGORIES, normalise_category, profile_for
 from schemas.documents import Document, DocumentKind, FieldIssue, IssueCode, ValidationReport
 from schemas.identifiers import (
     check_bank_card,
@@ -125,6 +126,12 @@ def required_documents(app: Application, extra: Iterable[DocumentKind] = ()) -> 
         and app.merchant.licence.kind is LicenceKind.LEGACY
     ):
         kinds.update((DocumentKind.TAX_REGISTRATION, DocumentKind.ORGANISATION_CODE))
+    # The channel's own (schemas.channels): what it asks of this merchant type, and the
+    # industry licence (相关行业经营许可证) of a regulated business category.
+    profile = profile_for(app.channel)
+    kinds.update(profile.documents.extra.get(app.merchant.merchant_type, ()))
+    if profile.industry_licence_needed(app.merchant.business_category):
+        kinds.add(DocumentKind.INDUSTRY_LICENCE)
     return [kind for kind in DocumentKind if kind in kinds]
 
 
@@ -413,7 +420,32 @@ def _check_document(
                     checker.issues.append(issue)
         case DocumentKind.PREMISES_PHOTOS:
             pass  # the photos themselves are the evidence: file_id is all that is needed
+        case DocumentKind.INDUSTRY_LICENCE:
+            _check_industry_licence(checker, app)
     return checker.issues
+
+
+def _check_industry_licence_number(number: str) -> IssueCode | None:
+    # Licence numbers differ by licence (食品经营许可证 JY + 14 digits, 药品经营许可证 京AA0100001,
+    # 烟草专卖零售许可证 12 digits...): an optional province abbreviation, then 6-30 letters or
+    # digits. No check character is common to them.
+    body = number[1:] if number and "\u4e00" <= number[0] <= "\u9fff" else number
+    if not 6 <= len(body) <= 30 or not (body.isascii() and body.isalnum()):
+        return IssueCode.INVALID_FORMAT
+    return None
+
+
+def _check_industry_licence(checker: _DocumentChecker, app: Application) -> None:
+    """相关行业经营许可证: a number in a licence's format, issued to the merchant itself (the name
+    on the business licence), unexpired; the licence for the merchant's category is named."""
+    category = normalise_category(app.merchant.business_category)
+    licence = REGULATED_CATEGORIES.get(category, "industry licence")
+    checker.number(
+        _check_industry_licence_number,
+        f"{licence}: an optional province abbreviation, then 6-30 letters or digits",
+        mask_id_number,
+    )
+    checker.holder(app.merchant.name, f"the merchant's name (the {licence} is the merchant's own)")
 
 
 def _check_tax_certificate(checker: _DocumentChecker, latest: dict[DocumentKind, Document]) -> None:

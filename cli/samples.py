@@ -14,7 +14,6 @@ from schemas.application import (
     Channel,
     Contact,
     DeviceOrder,
-    Fulfilment,
     IdentityKind,
     LegalRepresentative,
     Licence,
@@ -23,6 +22,7 @@ from schemas.application import (
     MerchantType,
     SettlementAccount,
 )
+from schemas.channels import profile_for
 from schemas.documents import Document, DocumentKind
 from schemas.identifiers import (
     DIVISION_CODES,
@@ -93,7 +93,6 @@ _CITIES = [
 _SURNAMES = "王李张刘陈杨赵黄周吴"
 _GIVEN = ["伟", "芳", "娜", "敏", "静", "强", "磊", "洋", "艳", "军"]
 _SHOPS = ["便利店", "小吃店", "水果店", "服装店", "五金店", "理发店"]
-_MODELS = ["LKL-A8", "LKL-Q5", "SMART-P2"]
 
 
 @dataclass
@@ -110,8 +109,12 @@ def sample(
     category: str = "retail",
     name_marker: str = "",
     street_marker: str = "",
+    channel: Channel | None = None,
 ) -> Sample:
-    """One applicant: individual or enterprise, USCC or legacy licence, mail or on-site.
+    """One applicant: individual or enterprise, USCC or legacy licence, mail or on-site, on a
+    random channel (or `channel`), valid under its channel's profile (`schemas.channels`): a
+    model and a fulfilment the channel offers, the Tmall store of a Tmall application, the bank
+    of a bank application, and the industry licence of a regulated `category`.
 
     `name_marker` is appended to the merchant's name (on its licence and, for an enterprise, its
     account too) and `street_marker` to its street: the sandbox services' demo markers (the
@@ -159,9 +162,13 @@ def sample(
         city=city,
         street=f"{rnd.choice('东西南北')}大街{rnd.randint(1, 300)}号{street_marker}",
     )
+    drawn = rnd.choice(list(Channel))  # drawn even when given: the draws after it stay the same
+    channel = channel or drawn
+    profile = profile_for(channel)
+    banks = profile.devices.banks
     application = Application(
         application_id=f"DEMO-{seed:06d}",
-        channel=rnd.choice(list(Channel)),
+        channel=channel,
         merchant=Merchant(
             name=name,
             merchant_type=MerchantType.ENTERPRISE if enterprise else MerchantType.INDIVIDUAL,
@@ -176,8 +183,13 @@ def sample(
         ),
         contact=Contact(name=rep_name, mobile=f"13{rnd.randint(0, 999999999):09d}"),
         settlement_account=account,
-        device_order=DeviceOrder(model=rnd.choice(_MODELS), quantity=rnd.choice([1, 1, 1, 2, 3])),
-        fulfilment=rnd.choice(list(Fulfilment)),
+        device_order=DeviceOrder(
+            model=rnd.choice(profile.devices.models), quantity=rnd.choice([1, 1, 1, 2, 3])
+        ),
+        fulfilment=rnd.choice(profile.fulfilment.allowed),
+        # A store name the sandbox Tmall platform knows (ending in 旗舰店): see the gateway.
+        tmall_store=f"{name}旗舰店" if profile.documents.tmall_store else None,
+        acquiring_bank=banks[seed % len(banks)] if banks else None,
     )
     card_number = rep_id if not bad_document else rep_id[:-1] + ("1" if rep_id[-1] != "1" else "2")
     documents = [
@@ -217,6 +229,16 @@ def sample(
                 holder_name=name,
             ),
         ]
+    if profile.industry_licence_needed(category):
+        documents.append(
+            Document(
+                kind=DocumentKind.INDUSTRY_LICENCE,
+                file_id=f"{seed}-industry",
+                number=f"JY1{area}{seed % 10**7:07d}",  # 食品经营许可证: JY + 14 digits
+                holder_name=name,
+                expires_on=date(2031, 12, 31),
+            )
+        )
     return Sample(application, documents, bad_document)
 
 

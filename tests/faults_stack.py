@@ -30,7 +30,7 @@ from temporalio.api.enums.v1 import EventType
 
 from cli.samples import sample
 from gateway.app import SIGNERS, GatewaySettings, create_app
-from schemas.application import Application
+from schemas.application import Application, Channel
 from schemas.documents import Document, DocumentKind
 from schemas.policy import policy_for
 from schemas.status import Outcome
@@ -150,7 +150,9 @@ def plan(
 ) -> Planned:
     """A generated merchant (valid checksums) shaped as asked; `more_info` picks an id the
     auto-reviewer sends back for new premises photos in round 1."""
-    generated = sample(seed if seed is not None else 7000 + n, category=category)
+    generated = sample(
+        seed if seed is not None else 7000 + n, category=category, channel=Channel(channel)
+    )
     while True:
         app_id = f"{prefix}-{n:02d}-{uuid.uuid4().hex[:6].upper()}"
         if (stable_bucket(app_id) == 0) == more_info:

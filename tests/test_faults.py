@@ -52,7 +52,7 @@ def mixed_cases(prefix: str) -> list[Planned]:
         plan(prefix, 5, channel="tmall", fulfilment="mail", quantity=2, more_info=True),
         plan(prefix, 6, channel="lakala", fulfilment="mail", quantity=1, category="prepaid_cards"),
         plan(prefix, 7, channel="lakala", fulfilment="mail", quantity=1, seed=7021),
-        plan(prefix, 8, channel="alipay", fulfilment="on_site", quantity=1, seed=7012),
+        plan(prefix, 8, channel="tmall", fulfilment="on_site", quantity=1, seed=7012),
         plan(prefix, 9, channel="bank", fulfilment="mail", quantity=3, seed=7004),
         plan(prefix, 10, channel="tmall", fulfilment="on_site", quantity=2, category="jewelry"),
     ]
@@ -271,7 +271,7 @@ async def test_a_service_down_past_the_retries_parks_then_retry_goes_live(
     early = plan("D", 4, channel="tmall", fulfilment="mail", quantity=2, policy=SHORT_RETRIES)
     cases = [
         plan("D", 1, channel="bank", fulfilment="mail", quantity=2, policy=SHORT_RETRIES),
-        plan("D", 2, channel="alipay", fulfilment="on_site", quantity=3, policy=SHORT_RETRIES),
+        plan("D", 2, channel="tmall", fulfilment="on_site", quantity=3, policy=SHORT_RETRIES),
         plan("D", 3, channel="lakala", fulfilment="mail", quantity=1, policy=SHORT_RETRIES),
         early,
     ]

@@ -37,8 +37,9 @@ from gateway.limits import ApplicationId
 from gateway.models import Started, StartRequest
 from gateway.resources import ClientDep, ForwarderDep, SettingsDep, StoreDep, workflow
 from gateway.store import ApplicationRecord, Store
-from schemas.application import Application
-from schemas.documents import DocumentSubmission
+from schemas.application import Application, Channel
+from schemas.channels import profile_for
+from schemas.documents import DocumentSubmission, FieldIssue, IssueCode
 from schemas.messages import SubmissionResult
 from schemas.policy import Policy, policy_for
 from schemas.status import ApplicationStatus, OnboardingStart
@@ -69,17 +70,49 @@ async def no_policy_unless_admin(request: Request, caller: MerchantOrAdmin) -> N
         raise refuse(request, 403, "forbidden", "overriding the policy needs the admin role")
 
 
+# Application fields added later: left out of the fingerprint while absent, so an application
+# started before they existed is recognised when sent again.
+_LATER_FIELDS = ("tmall_store", "acquiring_bank")
+
+
 def fingerprint(application: Application, policy: Policy) -> str:
     """The same for the same application and policy, whoever sends them and in which key order."""
+    data = application.model_dump(mode="json")
+    for name in _LATER_FIELDS:
+        if data.get(name) is None:
+            data.pop(name, None)
     canonical = json.dumps(
-        {
-            "application": masked(application.model_dump(mode="json")),
-            "policy": policy.model_dump(mode="json"),
-        },
+        {"application": masked(data), "policy": policy.model_dump(mode="json")},
         sort_keys=True,
         ensure_ascii=False,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# The sandbox Tmall platform (天猫商家后台), as a deterministic rule: a store it knows is named
+# as Tmall names its three kinds of store (旗舰店 flagship, 专卖店 brand, 专营店 multi-brand);
+# one whose name carries the demo marker [closed] has closed. A real platform would be asked
+# over HTTP here, with the same answers.
+TMALL_STORE_KINDS = ("旗舰店", "专卖店", "专营店")
+TMALL_CLOSED_MARKER = "[closed]"
+
+
+def tmall_store_check(application: Application) -> FieldIssue | None:
+    """The platform's word on a Tmall application's store (None when it is open, or when the
+    application names none: a missing store is the profile's issue)."""
+    store = application.tmall_store
+    if application.channel is not Channel.TMALL or not store:
+        return None
+    if TMALL_CLOSED_MARKER in store:
+        message = "the Tmall store is closed on the platform: only an open store applies"
+    elif not store.endswith(TMALL_STORE_KINDS):
+        message = (
+            "the Tmall platform has no such store: give the store's name as on Tmall, ending in "
+            + ", ".join(TMALL_STORE_KINDS)
+        )
+    else:
+        return None
+    return FieldIssue(field="tmall_store", code=IssueCode.NOT_APPLICABLE, message=message)
 
 
 def _reused(application_id: str) -> ApiError:
@@ -118,6 +151,12 @@ async def start_application(
     if not caller.may_see(application.channel.value):
         raise ApiError(403, "forbidden", f"this merchant key is for channel {caller.merchant}")
     issues = validate_application(application, today=datetime.now(CHINA).date())
+    # The channel's profile: its models, fulfilment, banks and prerequisites, checked before
+    # anything starts (not after the merchant has paid the deposit).
+    issues += profile_for(application.channel).submission_issues(application)
+    store_issue = tmall_store_check(application)
+    if store_issue is not None:
+        issues.append(store_issue)
     if issues:
         raise ApiError(
             422,
