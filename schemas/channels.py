@@ -159,12 +159,25 @@ class ReviewRules(Model):
 
     sla: timedelta = Field(gt=timedelta(0))
     deadline: timedelta = Field(gt=timedelta(0))
+    # The same in working days on the mainland calendar (public holidays and the adjusted
+    # working weekends): what the channel's SLA means. The calendar durations above apply when
+    # these are absent, or when an application overrides the review timings (tests, demos).
+    sla_working_days: int | None = Field(default=None, ge=1, le=60)
+    deadline_working_days: int | None = Field(default=None, ge=1, le=120)
     rebinding_review: bool = False
 
     @model_validator(mode="after")
     def _sla_first(self) -> ReviewRules:
         if self.sla > self.deadline:
             raise ValueError("sla must not be later than deadline")
+        if (self.sla_working_days is None) != (self.deadline_working_days is None):
+            raise ValueError("sla_working_days and deadline_working_days go together")
+        if (
+            self.sla_working_days is not None
+            and self.deadline_working_days is not None
+            and self.sla_working_days > self.deadline_working_days
+        ):
+            raise ValueError("sla_working_days must not be more than deadline_working_days")
         return self
 
 
@@ -280,7 +293,13 @@ _PROFILES: dict[str, dict[str, Any]] = {
             "card_rate_percent": "0.60",
         },
         "training": {"need": "required", "sessions": 1},
-        "review": {"sla": 7 * _DAY, "deadline": 21 * _DAY, "rebinding_review": True},
+        "review": {
+            "sla": 7 * _DAY,
+            "deadline": 21 * _DAY,
+            "sla_working_days": 5,
+            "deadline_working_days": 15,
+            "rebinding_review": True,
+        },
     },
     # Lakala: a deposit (保证金), an annual fee and service fees, the UnionPay standard rate; mail,
     # on-site installation, or collection at a branch (领取, not offered by posflow yet).
@@ -295,7 +314,12 @@ _PROFILES: dict[str, dict[str, Any]] = {
             "card_rate_percent": "0.60",
         },
         "training": {"need": "required", "sessions": 1},
-        "review": {"sla": 3 * _DAY, "deadline": 10 * _DAY},
+        "review": {
+            "sla": 3 * _DAY,
+            "deadline": 10 * _DAY,
+            "sla_working_days": 2,
+            "deadline_working_days": 7,
+        },
     },
     # Tmall: a Tmall store first; mailed for the merchant to install or installed by Tmall's team;
     # one or several training sessions; a handling fee, no deposit.
@@ -306,7 +330,12 @@ _PROFILES: dict[str, dict[str, Any]] = {
         "fulfilment": {"allowed": ["mail", "on_site"]},
         "fees": {"deposit": "0", "service_fee_per_terminal": "36.00", "card_rate_percent": "0.60"},
         "training": {"need": "required", "sessions": 2},
-        "review": {"sla": 2 * _DAY, "deadline": 7 * _DAY},
+        "review": {
+            "sla": 2 * _DAY,
+            "deadline": 7 * _DAY,
+            "sla_working_days": 2,
+            "deadline_working_days": 5,
+        },
     },
     # Alipay: mailed (邮寄) and set up by the merchant with the guide; training optional.
     "alipay": {
@@ -315,7 +344,12 @@ _PROFILES: dict[str, dict[str, Any]] = {
         "fulfilment": {"allowed": ["mail"]},
         "fees": {"deposit": "0", "service_fee_per_terminal": "36.00", "card_rate_percent": "0.38"},
         "training": {"need": "optional", "sessions": 1},
-        "review": {"sla": 2 * _DAY, "deadline": 7 * _DAY},
+        "review": {
+            "sla": 2 * _DAY,
+            "deadline": 7 * _DAY,
+            "sla_working_days": 2,
+            "deadline_working_days": 5,
+        },
     },
 }
 

@@ -96,6 +96,11 @@ class Policy(Model):
     # Review (审核): escalate at the SLA; at the hard deadline escalate again and flag it.
     review_sla: timedelta = timedelta(days=5)
     review_deadline: timedelta = timedelta(days=14)
+    # In working days on the mainland calendar when the channel says so: the workflow has them
+    # computed once when the review opens (the result is in its history); the calendar durations
+    # above then serve only when the calendar cannot be read.
+    review_sla_working_days: int | None = Field(default=None, ge=1, le=60)
+    review_deadline_working_days: int | None = Field(default=None, ge=1, le=120)
     max_review_rounds: int = Field(default=3, ge=1, le=10)
     site_survey_risk_levels: list[RiskLevel] = Field(default_factory=lambda: [RiskLevel.HIGH])
     site_survey_deadline: timedelta = timedelta(days=10)
@@ -157,6 +162,8 @@ def _channel_defaults(profile: ChannelProfile) -> dict[str, Any]:
     return {
         "review_sla": profile.review.sla,
         "review_deadline": profile.review.deadline,
+        "review_sla_working_days": profile.review.sla_working_days,
+        "review_deadline_working_days": profile.review.deadline_working_days,
         "deposit_amount": profile.fees.deposit,
         "merchant": {
             "annual_fee": profile.fees.annual_fee,
@@ -273,6 +280,9 @@ def policy_for(
             "site_survey_risk_levels",
             f"may add risk levels to the channel's ({kept}), never leave one out",
         )
+    if "review_sla" in given or "review_deadline" in given:
+        # Review timings given as durations (a test, a demo) are what the application runs on.
+        defaults["review_sla_working_days"] = defaults["review_deadline_working_days"] = None
     merchant = {**defaults.get("merchant", {}), **given.pop("merchant", {})}
     if "inspection_intervals" in merchant:  # the levels not named keep the channel's interval
         intervals = MerchantPolicy.model_validate(defaults.get("merchant", {})).inspection_intervals

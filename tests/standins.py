@@ -18,6 +18,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import catalog
+from activities.calendar import working_deadlines
 from activities.documents import validate_documents, validate_settlement
 from schemas import steps
 from schemas.documents import ValidationReport
@@ -308,6 +309,7 @@ class StandIns:
             *merchant,
             read_events,
             validate,
+            working_deadlines,  # the real calendar: it is pure
             answer(
                 catalog.NOTIFY_MERCHANT,
                 lambda r, n: steps.Notified(notification_id=f"N{n}"),

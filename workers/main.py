@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 
+from activities.calendar import working_deadlines
 from activities.documents import validate_documents, validate_settlement
 from activities.notifications import notify_merchant
 from workers.config import TemporalSettings
@@ -47,6 +48,7 @@ def worker_activities() -> list[Callable[..., Any]]:
     return [
         validate_documents,
         validate_settlement,
+        working_deadlines,
         notify_merchant,
         *(m for s in services for m in activity_methods(s)),
     ]

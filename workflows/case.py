@@ -69,6 +69,8 @@ BEST_EFFORT_PATCH = "best-effort-escalation"
 RETURN_PATCH = "return-when-recall-refused"
 # At go-live the merchant is handed over to its MerchantAccount workflow (after go-live).
 HANDOVER_PATCH = "hand-over-to-merchant-account"
+# Review deadlines in working days on the mainland calendar, where the channel counts them so.
+WORKING_DAYS_PATCH = "review-deadlines-in-working-days"
 
 # The logistics service's refusal to recall a parcel already delivered.
 SHIPMENT_DELIVERED = "shipment_delivered"

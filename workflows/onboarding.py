@@ -17,6 +17,7 @@ from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities import catalog as act
+    from activities.calendar import WORKING_DEADLINES, WorkingDeadlines, WorkingDeadlinesComputed
     from schemas import steps
     from schemas.application import Address, Fulfilment
     from schemas.documents import DocumentSubmission, ValidationReport
@@ -59,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
         PULL_PATCH,
         RETURN_PATCH,
         SHIPMENT_DELIVERED,
+        WORKING_DAYS_PATCH,
         Case,
         Ended,
         Undo,
@@ -180,9 +182,7 @@ class PosOnboarding:
         ):
             await self.site_survey()
 
-        opened_at = workflow.now()
-        sla_at = opened_at + self.policy.review_sla
-        deadline = opened_at + self.policy.review_deadline
+        sla_at, deadline = await self.review_deadlines()
         if case.stage is Stage.IN_REVIEW:
             case.set_deadline(deadline)
         else:
@@ -222,6 +222,39 @@ class PosOnboarding:
         for kind in decision.required_documents:
             case.documents.pop(kind, None)
         return False
+
+    async def review_deadlines(self) -> tuple[datetime, datetime]:
+        """The round's SLA and hard deadline: in working days on the mainland calendar when the
+        channel counts them so (computed once by an activity: the result is in the history, so a
+        newer calendar never changes a replay), else the policy's durations."""
+        policy = self.policy
+        opened_at = workflow.now()
+        sla_days = policy.review_sla_working_days
+        deadline_days = policy.review_deadline_working_days
+        if (
+            sla_days is not None
+            and deadline_days is not None
+            and workflow.patched(WORKING_DAYS_PATCH)
+        ):
+            try:
+                computed = await self.execute(
+                    WORKING_DEADLINES,
+                    WorkingDeadlines(
+                        start=opened_at, sla_days=sla_days, deadline_days=deadline_days
+                    ),
+                    WorkingDeadlinesComputed,
+                )
+            except ActivityError as err:
+                self.case.event("working_days_unavailable", failure_reason(err))
+            else:
+                self.case.event(
+                    "review_deadlines",
+                    f"{sla_days} and {deadline_days} working days ({computed.calendar})",
+                    sla=computed.sla_at.isoformat(),
+                    deadline=computed.deadline_at.isoformat(),
+                )
+                return computed.sla_at, computed.deadline_at
+        return opened_at + policy.review_sla, opened_at + policy.review_deadline
 
     async def site_survey(self) -> None:
         case = self.case
