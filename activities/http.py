@@ -18,7 +18,13 @@ from schemas.steps import Step
 R = TypeVar("R", bound=BaseModel)
 
 # The port each service listens on in the embedded stack (`posflow up` serves them there).
-DEFAULT_PORTS = {"review": 8101, "contract": 8102, "device": 8103, "logistics": 8104}
+DEFAULT_PORTS = {
+    "review": 8101,
+    "contract": 8102,
+    "device": 8103,
+    "logistics": 8104,
+    "notification": 8105,
+}
 
 
 def service_url(service: str) -> str:

@@ -140,6 +140,9 @@ async def _up(port: int, ui_port: int) -> None:
         os.environ.setdefault(f"POSFLOW_{service}_AUTO", "true")
     # ...and the merchants pay their fee bills after go-live (the demo's markers aside).
     os.environ.setdefault("POSFLOW_CONTRACT_AUTO_PAY", "true")
+    # The worker's notices go to the notification service served below (a worker started on
+    # its own only logs them unless POSFLOW_NOTIFICATION_URL is set).
+    os.environ.setdefault("POSFLOW_NOTIFICATION_URL", f"http://127.0.0.1:{PORTS['notification']}")
 
     created = ensure_key_ring()
     if created is not None:
@@ -272,7 +275,7 @@ def worker() -> None:
 
 @app.command()
 def services() -> None:
-    """Run the sandbox review, contract, device and logistics services until Ctrl-C."""
+    """Run the sandbox services (review, contract, device, logistics, notification) until Ctrl-C."""
     configure_logging()
     _run(_http_roles_until_stopped(services=True, gateway=False))
 

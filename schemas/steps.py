@@ -67,6 +67,10 @@ class Notice(StrEnum):
 class NotifyMerchant(Step):
     notice: Notice
     detail: str = ""  # already masked: never a full personal number
+    # The template's fields (services/notification.py `TEMPLATES`), already masked; none: the
+    # notice goes out in its short form with `detail`. The merchant's mobile and e-mail are never
+    # here: the notification service holds them by application id.
+    fields: dict[str, str] = Field(default_factory=dict)
 
 
 class Notified(Model):

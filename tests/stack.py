@@ -1,5 +1,5 @@
 """The real stack the end-to-end and browser tests share, once per session: a Temporal dev server,
-the worker, the four sandbox services over HTTP and the gateway."""
+the worker, the sandbox services over HTTP (the notification service among them) and the gateway."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ FAST_POLICY = {
     "activity_retry_max_interval": "PT0.5S",
     "activity_max_attempts": 30,
 }
-SERVICES = ("review", "contract", "device", "logistics")
+SERVICES = ("review", "contract", "device", "logistics", "notification")
 # The stack's credentials, as `posflow up` generates them: ops tokens, a merchant key for every
 # channel, and a signing secret per service and for the worker.
 TOKENS = {"viewer": "e2e-viewer-token", "operator": "e2e-operator-token", "admin": "e2e-admin"}
@@ -184,6 +184,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         },
         "logistics": {"auto_progress": "true", "auto_delay_ms": "200"},
         "device": {"stock_per_model": "30"},
+        "notification": {},
     }
     services: dict[str, Service] = {}
     served: dict[str, Served] = {}
