@@ -161,6 +161,10 @@ def _mobile(value: Any, info: ValidationInfo) -> Any:
         if again == value:
             break
         value = again
+    if not value.strip():
+        # Only separators (")", " - "): nothing of a number is left, so it is as blank as "".
+        field = info.field_name or "mobile"
+        raise _text_error("blank", field, "must not be blank (empty or only spaces)")
     return value
 
 

@@ -477,3 +477,12 @@ def test_a_mobile_that_normalises_in_two_steps_reads_back_as_itself() -> None:
     dropping the space lets the mark compose with the letter before it."""
     once = Probe.model_validate({"mobile": "A\u00a8"}).mobile
     assert Probe.model_validate({"mobile": once}).mobile == once
+
+
+@pytest.mark.parametrize("text", [")", " - ", "()", "-"])
+def test_a_mobile_of_separators_only_is_blank(text: str) -> None:
+    """Found by the property above: ")" normalised to "" and was kept, then refused on reading
+    back. Nothing of a number left is as blank as an empty field."""
+    with pytest.raises(ValidationError) as err:
+        Probe.model_validate({"mobile": text})
+    assert [e["type"] for e in err.value.errors()] == ["blank"]
