@@ -281,7 +281,7 @@ async def test_a_bill_paid_on_time_is_issued_on_the_anniversary_and_nothing_is_s
     assert bill.bill_id == bill_id(MID, 1)
     assert bill.amount == Decimal("240.00") and bill.terminals == 2
     assert status.fees_due == Decimal("240.00") and status.fees_overdue == Decimal("0.00")
-    assert "fee_billed" in accounts.services.notices()
+    await account.until(lambda s: "fee_billed" in accounts.services.notices(), "told")
 
     ack = await account.pay(1)
     assert ack.detail == "paid"
@@ -337,7 +337,8 @@ async def test_a_late_bill_suspends_acquiring_and_the_payment_reinstates_it(
         "reinstate",
     ]
     assert status.counters["bills_paid_late"] == 1
-    assert "reinstated" in accounts.services.notices()
+    # The merchant is told once acquiring is back (the notice follows the state change).
+    await account.until(lambda s: "reinstated" in accounts.services.notices(), "told")
     await account.close()
     await account.handle.result()
     await account.save_golden("fee_late_reinstated_then_closed")
@@ -437,7 +438,7 @@ async def test_a_failed_inspection_gives_a_remediation_period_then_a_failed_rein
     await inspect(1, passed=False)
     status = await account.status()
     assert status.state is AccountState.ACTIVE and status.remediation_until is not None
-    assert "inspection_failed" in accounts.services.notices()
+    await account.until(lambda s: "inspection_failed" in accounts.services.notices(), "told")
     await account.sleep(30.5)
     await inspect(2, passed=False)
     status = await account.until(lambda s: s.state is AccountState.SUSPENDED, "suspended")
