@@ -14,13 +14,13 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from gateway.auth import COOKIE, ROLES, Authority, Principal, dashboard, public
@@ -223,24 +223,34 @@ async def overview(request: Request, viewer: Viewer, days: int = 7) -> Response:
     )
 
 
-@router.get("/ui/applications")
-async def applications(request: Request, viewer: Viewer) -> Response:
+Filter = TypeVar("Filter", bound=BaseModel)
+
+
+def page_filter(
+    request: Request, model: type[Filter]
+) -> tuple[dict[str, str], int, Filter, dict[str, str]]:
+    """A list page's filter from its query string: the parameters given (but the page), the
+    page number, the filter validated with the page's offset (not copied in: a page past the
+    bound is refused), and the problems by field, shown on the page (the default filter then)."""
     params = {k: v for k, v in request.query_params.items() if v != ""}
     page_number = params.pop("page", "1")
     try:
         number = max(1, int(page_number))
-        wanted = ListFilter.model_validate({"limit": 50, **params})
-        # Validated with the page's offset, not copied in: a page past the bound is refused.
-        offset = (number - 1) * wanted.limit
-        wanted = ListFilter.model_validate({**wanted.model_dump(), "offset": offset})
-        problems: dict[str, str] = {}
+        wanted = model.model_validate({"limit": 50, **params})
+        offset = (number - 1) * getattr(wanted, "limit")  # noqa: B009
+        return params, number, model.model_validate({**wanted.model_dump(), "offset": offset}), {}
     except (ValidationError, ValueError) as err:
-        number, wanted = 1, ListFilter()
         problems = (
             {".".join(str(p) for p in e["loc"]): e["msg"] for e in err.errors()}
             if isinstance(err, ValidationError)
             else {"page": "must be a whole number"}
         )
+        return params, 1, model(), problems
+
+
+@router.get("/ui/applications")
+async def applications(request: Request, viewer: Viewer) -> Response:
+    params, number, wanted, problems = page_filter(request, ListFilter)
     store: Store = request.app.state.store
     now = datetime.now(UTC)
     rows, total = await asyncio.to_thread(store.page, wanted, now)
@@ -507,21 +517,7 @@ MERCHANT_SORTS = {
 async def merchants(request: Request, viewer: Viewer) -> Response:
     """Merchants after go-live, from the store: counts by state and what needs a look, the
     filtered list."""
-    params = {k: v for k, v in request.query_params.items() if v != ""}
-    page_number = params.pop("page", "1")
-    try:
-        number = max(1, int(page_number))
-        wanted = MerchantFilter.model_validate({"limit": 50, **params})
-        offset = (number - 1) * wanted.limit
-        wanted = MerchantFilter.model_validate({**wanted.model_dump(), "offset": offset})
-        problems: dict[str, str] = {}
-    except (ValidationError, ValueError) as err:
-        number, wanted = 1, MerchantFilter()
-        problems = (
-            {".".join(str(p) for p in e["loc"]): e["msg"] for e in err.errors()}
-            if isinstance(err, ValidationError)
-            else {"page": "must be a whole number"}
-        )
+    params, number, wanted, problems = page_filter(request, MerchantFilter)
     store: Store = request.app.state.store
     (rows, total), counts = await asyncio.to_thread(
         lambda: (store.merchant_page(wanted), store.merchant_counts())
