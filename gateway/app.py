@@ -31,7 +31,17 @@ from gateway.limits import BodyLimit, BodyTooLarge, excerpt, too_large_body, val
 from gateway.merchants import MERCHANT_SOURCES, MerchantForwarder, audit_key, valid_mid
 from gateway.metrics import GatewayMetrics
 from gateway.resources import SOURCES
-from gateway.routes import admin, callbacks, docs, internal, merchant, merchants, operations, public
+from gateway.routes import (
+    admin,
+    callbacks,
+    docs,
+    internal,
+    merchant,
+    merchants,
+    operations,
+    page,
+    public,
+)
 from gateway.settings import GatewaySettings, InsecureGateway
 from gateway.store import Store
 from workers.config import SIGNERS
@@ -104,6 +114,7 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
 
     app.include_router(public.router)
     app.include_router(merchant.router)
+    app.include_router(page.router)  # the merchant's page, opened by a signed link
     for router in callbacks.ROUTERS:
         app.include_router(router)
     app.include_router(internal.router)

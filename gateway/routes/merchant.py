@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -32,10 +33,11 @@ from gateway.errors import (
     start_refused,
     unknown_application,
 )
-from gateway.forwarding import Forwarded, describe_submission
+from gateway.forwarding import Forwarded, Forwarder, describe_submission
 from gateway.limits import ApplicationId
 from gateway.models import Started, StartRequest
 from gateway.resources import ClientDep, ForwarderDep, SettingsDep, StoreDep, workflow
+from gateway.settings import GatewaySettings
 from gateway.store import ApplicationRecord, Store
 from schemas.application import Application, Channel
 from schemas.channels import profile_for
@@ -274,6 +276,32 @@ async def documents(
 ) -> JSONResponse:
     """The merchant waits for the validation result: the answer names every bad field."""
     await visible_record(store, caller, application_id)
+    result = await file_documents(client, forwarder, settings, application_id, submission)
+    body: dict[str, Any] = result.model_dump(mode="json")
+    if result.issues:
+        # Valid documents were filed; the bad ones are named, nothing else changed.
+        raise ApiError(
+            422,
+            "invalid_documents",
+            "some documents are invalid",
+            {i.field: i.message for i in result.issues},
+            result=body,
+        )
+    return JSONResponse(body)
+
+
+async def file_documents(
+    client: Client,
+    forwarder: Forwarder,
+    settings: GatewaySettings,
+    application_id: str,
+    submission: DocumentSubmission,
+) -> SubmissionResult:
+    """Send a submission to its application's workflow, kept in the audit trail with its
+    outcome, and wait for the validation result (its `issues` name every bad field). The one way
+    documents reach a workflow: through the API and through the merchant's page
+    (`gateway.routes.page`). Raises ApiError when the workflow refused it, when Temporal did not
+    answer, or (503 `still_validating`) while it is still being validated."""
     forwarded: Forwarded[SubmissionResult] = await forwarder.forward(
         workflow(client, application_id),
         PosOnboarding.submit_documents,
@@ -297,14 +325,4 @@ async def documents(
             "send the same submission again to read the result",
             retry=True,
         )
-    body: dict[str, Any] = result.model_dump(mode="json")
-    if result.issues:
-        # Valid documents were filed; the bad ones are named, nothing else changed.
-        raise ApiError(
-            422,
-            "invalid_documents",
-            "some documents are invalid",
-            {i.field: i.message for i in result.issues},
-            result=body,
-        )
-    return JSONResponse(body)
+    return result
