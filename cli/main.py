@@ -20,6 +20,7 @@ from rich.table import Table
 
 from cli.admin import admin_app
 from cli.apps import apps_app
+from cli.bench import bench
 from cli.keys import keys_app
 from cli.merchants import merchants_app
 from services.stack import GATEWAY_PORT, PORTS, Served, serve, stop_all
@@ -33,6 +34,7 @@ from workers.config import (
 )
 from workers.dev_server import DEFAULT_PORT, DEFAULT_UI_PORT, DevServer, DevServerError
 from workers.logging import configure_logging
+from workers.settings_check import require_valid_environment
 
 app = typer.Typer(
     help="posflow: durable onboarding of POS terminals, on Temporal.",
@@ -45,6 +47,7 @@ app.add_typer(admin_app, name="admin")
 app.add_typer(apps_app, name="apps")
 app.add_typer(keys_app, name="keys")
 app.add_typer(merchants_app, name="merchants")
+app.command("bench")(bench)
 console = Console()
 log = structlog.get_logger(__name__)
 
@@ -216,6 +219,7 @@ async def _serve_http_roles(
 
 
 async def _http_roles_until_stopped(services: bool, gateway: bool) -> None:
+    require_valid_environment("gateway" if gateway else "service")
     stop = _stop_on_signals()
     served = await _serve_http_roles(TemporalSettings.from_env(), services, gateway)
     for item in served:
@@ -252,6 +256,7 @@ async def _dev_server(port: int, ui_port: int, headless: bool) -> None:
 async def _worker() -> None:
     from workers.main import run_worker
 
+    require_valid_environment("worker")
     settings = TemporalSettings.from_env()
     if settings.metrics_address is None:
         settings = replace(settings, metrics_address=DEFAULT_WORKER_METRICS)
