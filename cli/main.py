@@ -20,7 +20,6 @@ from rich.table import Table
 
 from cli.admin import admin_app
 from cli.apps import apps_app
-from cli.bench import bench
 from cli.keys import keys_app
 from cli.merchants import merchants_app
 from services.stack import GATEWAY_PORT, PORTS, Served, serve, stop_all
@@ -47,7 +46,6 @@ app.add_typer(admin_app, name="admin")
 app.add_typer(apps_app, name="apps")
 app.add_typer(keys_app, name="keys")
 app.add_typer(merchants_app, name="merchants")
-app.command("bench")(bench)
 console = Console()
 log = structlog.get_logger(__name__)
 
