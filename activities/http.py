@@ -101,6 +101,10 @@ def _refusal(service: str, response: httpx.Response) -> ApplicationError:
     try:
         data = response.json()
         code, message = str(data.get("error", "refused")), str(data.get("message", ""))
+        fields = data.get("fields")
+        if isinstance(fields, dict) and fields:
+            # Which field and which rule: what an operator reads on the timeline.
+            message += " (" + "; ".join(f"{k}: {v}" for k, v in fields.items()) + ")"
     except ValueError:
         code, message = "refused", response.text[:200]
     return ApplicationError(

@@ -2,9 +2,16 @@
 
 The notification service (`services/notification.py`, `POSFLOW_NOTIFICATION_URL`) renders each
 notice from its Chinese templates and sends it. The workflow passes the application id, the
-notice, its template `fields` (already masked) and `detail`, never the merchant's mobile or
-e-mail: the service holds those by application id, registered once with `register_contact` (the
-gateway's call at submission), so no contact detail enters Temporal's history.
+notice, its template `fields` and `detail`. The merchant's mobile and e-mail come once, with
+the first notice (`received`, `NotifyMerchant.contact`): the activity registers them with the
+service (`POST /contacts`) before sending it, and later notices name the application only; the
+service looks the contact up when it delivers.
+
+Every notice ends with the merchant's page: a signed link (`schemas.page_links`) made here, when
+the notice is sent, so it is never in the history. Its address is `POSFLOW_PUBLIC_URL` (the
+gateway as merchants reach it), else the gateway's own URL; its key comes from the worker's
+signing secret, which the gateway holds too. Field values are masked here as a last safety net
+(a reviewer's reason quoting a number): the service would refuse them whole.
 
 Without `POSFLOW_NOTIFICATION_URL` (a worker on its own, unit tests) nothing is sent: the notice
 is only logged, with an id derived from the step's idempotency key. `posflow up` and the test
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from datetime import UTC, datetime
 
 import httpx
 import structlog
@@ -23,12 +31,17 @@ from temporalio import activity
 
 from activities import catalog
 from activities.http import ServiceClient
+from activities.projection import gateway_url
+from schemas.page_links import page_key, page_url
 from schemas.steps import Notified, NotifyMerchant
+from workers.config import signing_secret
+from workers.logging import mask_text
 
 log = structlog.get_logger(__name__)
 
 SERVICE = "notification"
 URL_ENV = "POSFLOW_NOTIFICATION_URL"
+PUBLIC_URL_ENV = "POSFLOW_PUBLIC_URL"
 
 
 class _Queued(BaseModel):
@@ -54,6 +67,36 @@ def notification_url() -> str | None:
     return os.environ.get(URL_ENV) or None
 
 
+def public_url() -> str:
+    """The gateway's address as merchants reach it, for the links in notices."""
+    return os.environ.get(PUBLIC_URL_ENV) or gateway_url()
+
+
+def merchant_page_link(application_id: str) -> str:
+    """A signed link to the application's merchant page, valid `LINK_LIFETIME` from the day the
+    notice was first scheduled: every attempt of one notice sends the same link, so a retry is
+    the same request to the service's idempotency check."""
+    since = activity.info().scheduled_time if activity.in_activity() else datetime.now(UTC)
+    day = since.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return page_url(public_url(), application_id, page_key(signing_secret("worker")), now=day)
+
+
+def _cut(value: str, limit: int = 500) -> str:
+    """A field value within the service's limit: a long reason ends with an ellipsis."""
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+def notice_body(request: NotifyMerchant, link: str) -> dict[str, object]:
+    """What `POST /notices` gets: the step without its key, field values masked, the link."""
+    body = request.model_dump(mode="json", exclude={"idempotency_key", "contact"})
+    body["fields"] = {name: _cut(mask_text(value)) for name, value in request.fields.items()}
+    body["detail"] = mask_text(request.detail)
+    body["link"] = link
+    if request.merchant_id is None:
+        body.pop("merchant_id")
+    return body
+
+
 @activity.defn(name=catalog.NOTIFY_MERCHANT)
 async def notify_merchant(request: NotifyMerchant) -> Notified:
     """Send the merchant a notice: `POST /notices` under the step's idempotency key, so a
@@ -67,8 +110,19 @@ async def notify_merchant(request: NotifyMerchant) -> Notified:
         channel = "sandbox"
     else:
         client = ServiceClient(SERVICE, url)
+        body = notice_body(request, merchant_page_link(request.application_id))
         try:
-            queued = await client.send("/notices", request, _Queued)
+            if request.contact is not None:
+                await register_contact(
+                    request.application_id,
+                    request.contact.mobile,
+                    request.contact.email,
+                    request.merchant_id,
+                    client=client,
+                )
+            queued = await client.call(
+                "POST", "/notices", _Queued, idempotency_key=request.idempotency_key, body=body
+            )
         finally:
             await client.aclose()
         notification_id = queued.notification_id
@@ -92,13 +146,15 @@ async def register_contact(
     *,
     base_url: str | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    client: ServiceClient | None = None,
 ) -> ContactRegistered:
-    """Tell the notification service where an application's notices go (`POST /contacts`): for
-    the gateway to call when an application is submitted or its contact changes. Idempotent:
+    """Tell the notification service where an application's notices go (`POST /contacts`): sent
+    with the first notice, or when the contact changes. Idempotent:
     the key is the application and the contact, so a resend changes nothing and a new number
     replaces the old one. Raises `ApplicationError` as the activities' clients do."""
     digest = hashlib.sha256(f"{mobile}\n{email}\n{merchant_id or ''}".encode()).hexdigest()[:16]
-    client = ServiceClient(SERVICE, base_url or notification_url(), transport=transport)
+    own = client is None
+    client = client or ServiceClient(SERVICE, base_url or notification_url(), transport=transport)
     try:
         return await client.call(
             "POST",
@@ -113,4 +169,5 @@ async def register_contact(
             },
         )
     finally:
-        await client.aclose()
+        if own:
+            await client.aclose()

@@ -22,6 +22,24 @@ class DocumentKind(StrEnum):
     INDUSTRY_LICENCE = "industry_licence"
 
 
+# What merchants call each document: the names notices and the merchant page use.
+DOCUMENT_NAMES: dict[DocumentKind, str] = {
+    DocumentKind.IDENTITY_CARD: "法定代表人身份证",
+    DocumentKind.PASSPORT: "法定代表人护照",
+    DocumentKind.BUSINESS_LICENCE: "营业执照",
+    DocumentKind.TAX_REGISTRATION: "税务登记证",
+    DocumentKind.ORGANISATION_CODE: "组织机构代码证",
+    DocumentKind.BANK_ACCOUNT_PROOF: "结算账户证明",
+    DocumentKind.PREMISES_PHOTOS: "经营场所照片",
+    DocumentKind.INDUSTRY_LICENCE: "相关行业经营许可证",
+}
+
+
+def document_names(kinds: list[DocumentKind]) -> str:
+    """The documents' names in one line: 营业执照、结算账户证明."""
+    return "、".join(DOCUMENT_NAMES[k] for k in kinds)
+
+
 class Document(Model):
     """One document as captured by the front end: the file reference and the data read off it."""
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import Field
 
-from schemas.application import Address, Application, Model
+from schemas.application import Address, Application, Contact, Model
 from schemas.documents import Document, FieldIssue
 from schemas.policy import RiskLevel
 
@@ -37,13 +37,19 @@ class ValidateDocuments(Model):
 
 
 class Notice(StrEnum):
+    RECEIVED = "received"  # sent by the gateway when the application is submitted
     DOCUMENTS_INCOMPLETE = "documents_incomplete"
     DOCUMENTS_REMINDER = "documents_reminder"
     MORE_INFORMATION_NEEDED = "more_information_needed"
-    APPROVED = "approved"
+    APPROVED = "approved"  # before the notice fields: approval and contract are one notice now
+    CONTRACT_READY = "contract_ready"
     CONTRACT_REMINDER = "contract_reminder"
     SHIPPED = "shipped"
+    INSTALLATION_BOOKED = "installation_booked"
+    PICK_UP_READY = "pick_up_ready"
+    ACTIVATION_CODES = "activation_codes"
     ACTIVATION_REMINDER = "activation_reminder"
+    TRAINING_BOOKED = "training_booked"
     TRAINING_REMINDER = "training_reminder"
     WENT_LIVE = "went_live"
     REJECTED = "rejected"
@@ -71,6 +77,10 @@ class NotifyMerchant(Step):
     # notice goes out in its short form with `detail`. The merchant's mobile and e-mail are never
     # here: the notification service holds them by application id.
     fields: dict[str, str] = Field(default_factory=dict)
+    # Where notices go, given with the first one (`received`): registered with the service
+    # before the notice is sent. Like the application it comes from, it is encrypted in the
+    # history by the payload codec; the service keeps it, so later notices name no contact.
+    contact: Contact | None = None
 
 
 class Notified(Model):

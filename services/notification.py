@@ -66,6 +66,7 @@ log = structlog.get_logger(__name__)
 
 NAME = "notification"
 SIGNATURE = "【posflow】"  # how every SMS and e-mail begins
+LINK_LEAD = " 查看进度："  # before the merchant page's link, when the notice has one
 DEFAULT_MAX_ATTEMPTS = 8
 DEFAULT_RETRY_BASE_MS = 500
 DEFAULT_RETRY_MAX_MS = 30_000
@@ -93,17 +94,8 @@ class Template:
     fields: tuple[str, ...] = ()
 
 
-# Notices the service sends besides the workflow's `Notice` values (the workflow has no step
-# that sends them yet): the application received, the contract ready to sign, an installation
-# or training appointment, the activation codes.
-RECEIVED = "received"
-CONTRACT_READY = "contract_ready"
-INSTALLATION_BOOKED = "installation_booked"
-ACTIVATION_CODES = "activation_codes"
-TRAINING_BOOKED = "training_booked"
-
 TEMPLATES: dict[str, Template] = {
-    RECEIVED: Template(
+    Notice.RECEIVED: Template(
         "您的POS终端申请已受理，申请码：{application_code}。请妥善保存申请码，查询进度时使用。",
         "您的POS终端申请已受理，申请码：{application_code}。",
     ),
@@ -127,7 +119,7 @@ TEMPLATES: dict[str, Template] = {
         "恭喜！您的申请（申请码 {application_code}）已通过审核，我们将尽快发送签约链接。",
         "恭喜！您的申请（申请码 {application_code}）已通过审核。",
     ),
-    CONTRACT_READY: Template(
+    Notice.CONTRACT_READY: Template(
         "您的申请（申请码 {application_code}）合同已生成，请于{deadline}前签署：{signing_link}",
         "您的申请（申请码 {application_code}）合同已生成，请尽快签署。",
         ("signing_link", "deadline"),
@@ -143,13 +135,19 @@ TEMPLATES: dict[str, Template] = {
         "您的POS终端已发货（申请码 {application_code}）。",
         ("carrier", "tracking_number"),
     ),
-    INSTALLATION_BOOKED: Template(
+    Notice.INSTALLATION_BOOKED: Template(
         "您的POS终端安装已预约（申请码 {application_code}）：{appointment}，"
         "工程师上门前会与您联系。",
         "您的POS终端安装已预约（申请码 {application_code}），工程师上门前会与您联系。",
         ("appointment",),
     ),
-    ACTIVATION_CODES: Template(
+    Notice.PICK_UP_READY: Template(
+        "您的POS终端已备好（申请码 {application_code}），请于{ready_from}起凭取件码{pickup_code}"
+        "到{branch}领取。",
+        "您的POS终端已备好（申请码 {application_code}），请到网点领取。",
+        ("branch", "ready_from", "pickup_code"),
+    ),
+    Notice.ACTIVATION_CODES: Template(
         "您的POS终端激活码（申请码 {application_code}）：{codes}。"
         "请在终端上输入对应激活码完成激活。",
         "您的POS终端激活码已生成（申请码 {application_code}），请在终端上完成激活。",
@@ -160,7 +158,7 @@ TEMPLATES: dict[str, Template] = {
         "提醒：您的POS终端（申请码 {application_code}）尚未激活，请尽快完成激活。",
         ("deadline",),
     ),
-    TRAINING_BOOKED: Template(
+    Notice.TRAINING_BOOKED: Template(
         "您的POS终端使用培训已安排（申请码 {application_code}）：{appointment}。",
         "您的POS终端使用培训已安排（申请码 {application_code}）。",
         ("appointment",),
@@ -400,6 +398,9 @@ class NoticeRequest(BaseModel):
     notice: str
     fields: dict[str, str] = PydanticField(default_factory=dict)
     detail: str = PydanticField(default="", max_length=1000)
+    # The merchant's page (a signed, expiring link: `schemas.page_links`), added at the end of
+    # the message. It carries no personal data, and its signature is not read as a number.
+    link: str = PydanticField(default="", max_length=400, pattern=r"^(https?://\S+)?$")
 
 
 class DeliveryView(BaseModel):
@@ -523,6 +524,8 @@ def render(request: NoticeRequest) -> str:
             "the rendered message would carry a personal number",
             {"text": f"looks like a {kind}"},
         )
+    if request.link:
+        text += f"{LINK_LEAD}{request.link}"
     return text
 
 

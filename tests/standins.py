@@ -20,13 +20,17 @@ from temporalio.exceptions import ApplicationError
 from activities import catalog
 from activities.calendar import working_deadlines
 from activities.documents import validate_documents, validate_settlement
+from activities.notifications import notice_body
 from schemas import steps
 from schemas.documents import ValidationReport
 from schemas.merchant import MerchantStatus
 from schemas.policy import RiskLevel
 from schemas.status import Projection, ProjectionReceipt
+from services.base import ServiceError
+from services.notification import NoticeRequest, render
 
 Req = TypeVar("Req", bound=steps.Step)
+PAGE_BASE = "http://gateway.test"
 
 
 # The references the stand-ins create are known in advance, as a service's own would be to it:
@@ -94,6 +98,8 @@ class Call:
 class StandIns:
     risk: RiskLevel = RiskLevel.LOW
     calls: list[Call] = field(default_factory=list)
+    # Each notice as the merchant reads it, rendered by the notification service's own code.
+    texts: list[str] = field(default_factory=list)
     failures: dict[str, int] = field(default_factory=dict)  # name -> failures left, -1: always
     refusals: dict[str, str] = field(default_factory=dict)  # name -> the service's refusal code
     declines: int = 0  # how many test transactions to decline before approving
@@ -186,6 +192,18 @@ class StandIns:
 
         def now() -> datetime:
             return datetime.now(UTC)
+
+        def rendered(r: steps.NotifyMerchant, n: int) -> steps.Notified:
+            """Rendered with the notification service's templates and checks, from the body the
+            real activity sends: a notice that service would refuse (422) is refused here."""
+            body = notice_body(r, f"{PAGE_BASE}/m/{r.application_id}.0.test")
+            try:
+                s.texts.append(render(NoticeRequest.model_validate(body)))
+            except ServiceError as err:
+                raise ApplicationError(
+                    f"notification refused: {err.fields}", type=err.error, non_retryable=True
+                ) from err
+            return steps.Notified(notification_id=f"N{n}")
 
         def undone(r: Any, n: int) -> steps.Undone:
             return steps.Undone(reference=f"U{n}")
@@ -310,11 +328,7 @@ class StandIns:
             read_events,
             validate,
             working_deadlines,  # the real calendar: it is pure
-            answer(
-                catalog.NOTIFY_MERCHANT,
-                lambda r, n: steps.Notified(notification_id=f"N{n}"),
-                steps.NotifyMerchant,
-            ),
+            answer(catalog.NOTIFY_MERCHANT, rendered, steps.NotifyMerchant),
             answer(
                 catalog.OPEN_REVIEW_CASE,
                 lambda r, n: steps.ReviewCaseOpened(

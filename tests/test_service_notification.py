@@ -40,6 +40,11 @@ EXAMPLE_FIELDS: dict[str, dict[str, str]] = {
     "documents_reminder": {"missing": "门店照片", "deadline": "2026-12-20"},
     "more_information_needed": {"documents": "门店照片", "reasons": "照片未显示门头"},
     "approved": {},
+    "pick_up_ready": {
+        "branch": "拉卡拉杭州西湖网点",
+        "ready_from": "2026-12-20",
+        "pickup_code": "482913",
+    },
     "contract_ready": {
         "signing_link": "https://sign.example.cn/sign/ct-9f2c",
         "deadline": "12月9日",
@@ -366,13 +371,13 @@ async def test_the_activity_sends_through_the_service_once_per_step(
     retried = await env.run(notify_merchant, request)
     assert retried == first
     notice = await svc.notice(first.notification_id)
-    assert notice["text"].endswith(f"商户编号：{MID}。祝您生意兴隆！")
+    assert f"商户编号：{MID}。祝您生意兴隆！ 查看进度：http" in notice["text"]
     assert [d["channel"] for d in notice["deliveries"]] == ["sms", "email"]
     # Today's workflow passes only `detail`: the short form goes out.
     short = await env.run(
         notify_merchant, step("pos-application-APP/notify/2", Notice.SHIPPED, detail="SF SF1")
     )
-    assert (await svc.notice(short.notification_id))["text"].endswith("（SF SF1）")
+    assert "（SF SF1） 查看进度：http" in (await svc.notice(short.notification_id))["text"]
 
 
 async def test_the_activity_refusal_is_final_and_an_outage_is_retried(
@@ -382,10 +387,17 @@ async def test_the_activity_refusal_is_final_and_an_outage_is_retried(
     monkeypatch.setenv("POSFLOW_NOTIFICATION_URL", svc.url)
     with pytest.raises(ApplicationError) as refused:
         await env.run(
-            notify_merchant, step("k-refused", Notice.REJECTED, fields={"reason": f"card {CARD}"})
+            notify_merchant,
+            step("k-refused", Notice.REJECTED, fields={"reason": "x", "colour": "red"}),
         )
     assert refused.value.non_retryable and refused.value.type == "invalid_notice"
-    assert CARD not in str(refused.value)
+    assert "colour" in str(refused.value)
+    # A number in a field (a reviewer's reason quoting a card) goes out masked, not refused.
+    masked_out = await env.run(
+        notify_merchant, step("k-masked", Notice.REJECTED, fields={"reason": f"card {CARD}"})
+    )
+    text = (await svc.notice(masked_out.notification_id))["text"]
+    assert CARD not in text and CARD[-4:] in text
 
     monkeypatch.setenv("POSFLOW_NOTIFICATION_URL", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(ApplicationError) as down:
@@ -417,29 +429,50 @@ async def test_without_a_service_configured_the_notice_is_only_logged(
 
 async def test_each_step_of_a_real_application_reaches_the_merchant(stack: Stack) -> None:
     """The workflow's notices, through the worker's activity, reach the stack's notification
-    service; the contact registered once (as the gateway will at submission) receives them."""
+    service in full (every template field filled in), in order, with no personal number, each
+    with a working link to the merchant's page; the contact came with the first notice."""
     app = new_application()
     url = stack.served["notification"].url
-    await register_contact(app.application_id, app.contact.mobile, app.contact.email, base_url=url)
     status = await stack.go_live(app)
     assert not [e for e in status["timeline"] if e["kind"] == "notification_failed"]
+    on_site = app.fulfilment.value == "on_site"
+    expected = [
+        "received",
+        "contract_ready",
+        "installation_booked" if on_site else "shipped",
+        "activation_codes",
+        "training_booked",
+        "went_live",
+    ]
     async with httpx.AsyncClient(base_url=url) as http:
 
         async def notices() -> list[dict[str, Any]]:
             response = await http.get("/notices", params={"application_id": app.application_id})
-            return list(response.json()["notices"])
+            return sorted(response.json()["notices"], key=lambda n: n["created_at"])
 
         async def all_sent() -> bool:
             found = await notices()
-            kinds = {n["notice"] for n in found}
-            return {"approved", "went_live"} <= kinds and all(
+            return [n["notice"] for n in found] == expected and all(
                 d["status"] == "sent" for n in found for d in n["deliveries"]
             )
 
         await until(all_sent, seconds=20)
-        for notice in await notices():
-            text = notice["text"]
-            assert text.startswith(SIGNATURE) and app.application_id in text
-            assert app.contact.mobile not in text
-            assert personal_number(text, ours=(app.application_id, status["mid"])) is None
-            assert notice["deliveries"][0]["recipient"] == mask_mobile(app.contact.mobile)
+        contact = (await http.get(f"/contacts/{app.application_id}")).json()
+        assert contact["mobile"] == mask_mobile(app.contact.mobile)
+        found = await notices()
+    for notice in found:
+        text = notice["text"]
+        assert text.startswith(SIGNATURE) and app.application_id in text
+        assert set(notice["fields"]) == set(TEMPLATES[notice["notice"]].fields), notice["notice"]
+        assert app.contact.mobile not in text
+        body, _, link = text.partition(" 查看进度：")
+        assert personal_number(body, ours=(app.application_id, status["mid"])) is None
+        assert notice["deliveries"][0]["recipient"] == mask_mobile(app.contact.mobile)
+        gateway = str(stack.gateway.base_url).rstrip("/")
+        assert link.startswith(f"{gateway}/m/{app.application_id}.")
+    texts = {n["notice"]: n["text"] for n in found}
+    assert status["mid"] in texts["went_live"]
+    assert status["contract"]["signing_url"] in texts["contract_ready"]
+    async with httpx.AsyncClient() as browser:
+        page = await browser.get(texts["went_live"].partition(" 查看进度：")[2])
+    assert page.status_code == 200 and status["mid"] in page.text

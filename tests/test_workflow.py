@@ -67,8 +67,28 @@ async def test_individual_by_mail_goes_live(bench: Bench) -> None:
     assert len(outcome.tids) == 1 and len(outcome.tids[0]) == 8
     assert outcome.compensations == []
     assert bench.services.names() == HAPPY_MAIL
-    assert bench.services.notices() == [Notice.APPROVED, Notice.SHIPPED, Notice.WENT_LIVE]
+    assert bench.services.notices() == [
+        Notice.RECEIVED,
+        Notice.CONTRACT_READY,
+        Notice.SHIPPED,
+        Notice.ACTIVATION_CODES,
+        Notice.TRAINING_BOOKED,
+        Notice.WENT_LIVE,
+    ]
     status = await run.status()
+    # Each notice in full, as the notification service renders it, with the merchant's page.
+    received, contract, shipped, codes, training, live = bench.services.texts
+    assert f"申请码：{run.app.application_id}" in received
+    (welcome,) = bench.services.requests(act.NOTIFY_MERCHANT)[:1]
+    assert welcome.contact == run.app.contact  # registered with the first notice
+    assert status.contract.signing_url and status.contract.signing_url in contract
+    assert status.shipment is not None and status.shipment.tracking_number in shipped
+    issued = bench.services.requests(act.ISSUE_ACTIVATION_CODES)
+    assert len(issued) == 1 and "激活码" in codes
+    assert "培训已安排" in training
+    assert outcome.mid in live
+    assert all(f"/m/{run.app.application_id}." in text for text in bench.services.texts)
+    assert not run.events(status, "notification_failed")
     assert status.stage is Stage.LIVE
     assert status.shipment is not None and status.shipment.delivered_at is not None
     assert all(t.activated_at and t.test_transaction for t in status.terminals)
@@ -161,6 +181,12 @@ async def test_bad_document_is_named_and_the_application_keeps_waiting(bench: Be
     fixed = await run.submit([card])
     assert fixed.complete and fixed.filed == [DocumentKind.IDENTITY_CARD]
     await run.at(Stage.IN_REVIEW)
+    # The merchant is told by notice too, the document named, its number nowhere.
+    await run.until(lambda s: bool(run.events(s, "merchant_notified")[1:]), "told")
+    assert bench.services.notices() == [Notice.RECEIVED, Notice.DOCUMENTS_INCOMPLETE]
+    told = bench.services.texts[1]
+    assert "材料不完整：法定代表人身份证（number：" in told
+    assert wrong not in told and card.number not in told
 
 
 async def test_documents_expire_after_reminders_on_the_policys_schedule(bench: Bench) -> None:
@@ -179,7 +205,12 @@ async def test_documents_expire_after_reminders_on_the_policys_schedule(bench: B
     expected = [3 * bench.unit, 7 * bench.unit, 14 * bench.unit]
     assert len(offsets) == 3
     assert all(abs(o - e) < bench.unit / 4 for o, e in zip(offsets, expected, strict=True))
-    assert bench.services.notices() == [Notice.DOCUMENTS_REMINDER] * 3 + [Notice.EXPIRED]
+    assert bench.services.notices() == [Notice.RECEIVED] + [Notice.DOCUMENTS_REMINDER] * 3 + [
+        Notice.EXPIRED
+    ]
+    reminder, expired = bench.services.texts[1], bench.services.texts[-1]
+    assert "仍缺少：法定代表人身份证" in reminder and "逾期申请将自动失效" in reminder
+    assert "失效" in expired and "identity_card" in expired
     await run.save_golden("documents_expired")
 
 
@@ -214,7 +245,10 @@ async def test_two_resubmission_rounds_then_approval(bench: Bench) -> None:
         ReviewOutcome.APPROVED,
     ]
     assert [r.round for r in bench.services.requests(act.OPEN_REVIEW_CASE)] == [1, 2, 3]
-    assert bench.services.notices()[:2] == [Notice.MORE_INFORMATION_NEEDED] * 2
+    assert bench.services.notices()[:3] == [Notice.RECEIVED] + [Notice.MORE_INFORMATION_NEEDED] * 2
+    first_request = bench.services.texts[1]
+    assert "需要补充材料：结算账户证明" in first_request
+    assert "account proof is illegible" in first_request
     assert await run.search_attribute(sa.REVIEW_ROUND.name) == 3
     assert await run.search_attribute(sa.STAGE.name) == "contract"
     assert await run.search_attribute(sa.STAGE_DEADLINE.name) is not None

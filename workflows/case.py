@@ -71,6 +71,16 @@ RETURN_PATCH = "return-when-recall-refused"
 HANDOVER_PATCH = "hand-over-to-merchant-account"
 # Review deadlines in working days on the mainland calendar, where the channel counts them so.
 WORKING_DAYS_PATCH = "review-deadlines-in-working-days"
+# The notices that tell the merchant what to do next: the contract with its signing link (in
+# place of the bare approval), the installation, pick-up and training appointments, the
+# activation codes, and what was wrong with a submission.
+NOTICES_PATCH = "notices-with-next-steps"
+
+
+def china_time(moment: datetime) -> str:
+    """A moment as merchants read it in a notice: China time, to the minute."""
+    return moment.astimezone(CHINA).strftime("%Y-%m-%d %H:%M")
+
 
 # The logistics service's refusal to recall a parcel already delivered.
 SHIPMENT_DELIVERED = "shipment_delivered"
@@ -175,6 +185,7 @@ class Case:
     deadlines: Deadlines = field(default_factory=Deadlines)
     documents: dict[DocumentKind, Document] = field(default_factory=dict)
     requested_documents: list[DocumentKind] = field(default_factory=list)
+    requested_reasons: list[str] = field(default_factory=list)  # the reviewer's, for the notice
     document_issues: list[FieldIssue] = field(default_factory=list)
     review: ReviewState = field(default_factory=ReviewState)
     decision: ReviewDecision | None = None

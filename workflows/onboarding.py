@@ -19,8 +19,15 @@ with workflow.unsafe.imports_passed_through():
     from activities import catalog as act
     from activities.calendar import WORKING_DEADLINES, WorkingDeadlines, WorkingDeadlinesComputed
     from schemas import steps
-    from schemas.application import Address, Fulfilment
-    from schemas.documents import DocumentSubmission, ValidationReport
+    from schemas.application import Address, Contact, Fulfilment
+    from schemas.documents import (
+        DOCUMENT_NAMES,
+        DocumentKind,
+        DocumentSubmission,
+        FieldIssue,
+        ValidationReport,
+        document_names,
+    )
     from schemas.merchant import MerchantStart, MerchantTerminal, merchant_workflow_id
     from schemas.messages import (
         Ack,
@@ -57,6 +64,7 @@ with workflow.unsafe.imports_passed_through():
         CHECKPOINT_PATCH,
         CHINA,
         HANDOVER_PATCH,
+        NOTICES_PATCH,
         PULL_PATCH,
         RETURN_PATCH,
         SHIPMENT_DELIVERED,
@@ -64,6 +72,7 @@ with workflow.unsafe.imports_passed_through():
         Case,
         Ended,
         Undo,
+        china_time,
         failure_reason,
         innermost,
         receive,
@@ -71,6 +80,21 @@ with workflow.unsafe.imports_passed_through():
     )
 
 T = TypeVar("T", bound=BaseModel)
+
+
+def describe_issues(issues: list[FieldIssue]) -> str:
+    """A submission's issues for the merchant: 法定代表人身份证（number：…）；…"""
+    parts = []
+    for issue in issues:
+        kind, _, name = issue.field.removeprefix("documents.").partition(".")
+        try:
+            document = DOCUMENT_NAMES[DocumentKind(kind)]
+        except ValueError:
+            document = kind
+        parts.append(f"{document}（{name or issue.code.value}：{issue.message}）")
+    return "；".join(parts)
+
+
 Message = TypeVar("Message", bound=BaseModel)
 
 
@@ -86,6 +110,8 @@ class PosOnboarding:
         self._submitting = 0  # submissions accepted and not yet answered
         self._documents_closed = False  # the deadline passed: no new submission is accepted
         self.closing_reason = ""
+        # Notices sent alongside a message's answer (not holding it up): awaited before the end.
+        self._side_notices: set[asyncio.Task[None]] = set()
 
     @property
     def stage(self) -> str:
@@ -94,6 +120,10 @@ class PosOnboarding:
 
     @workflow.run
     async def run(self, start: OnboardingStart) -> Outcome:
+        if workflow.patched(NOTICES_PATCH):
+            # The application code, and where notices go from now on: sent aside, so a slow
+            # notification service never delays the case.
+            self.notify_aside(steps.Notice.RECEIVED, "application received", self.app.contact)
         try:
             await self.collect_documents()
             while not await self.review():
@@ -116,13 +146,19 @@ class PosOnboarding:
         self.case.enter(Stage.COLLECTING_DOCUMENTS, deadline)
         if self.case.requested_documents:
             kinds = ", ".join(k.value for k in self.case.requested_documents)
-            await self.notify(steps.Notice.MORE_INFORMATION_NEEDED, f"please supply again: {kinds}")
+            await self.notify(
+                steps.Notice.MORE_INFORMATION_NEEDED,
+                f"please supply again: {kinds}",
+                documents=document_names(self.case.requested_documents),
+                reasons="；".join(self.case.requested_reasons) or "审核意见",
+            )
         complete = await self.wait_with_reminders(
             lambda: not self.case.outstanding(),
             started,
             deadline,
             self.policy.document_reminders,
             steps.Notice.DOCUMENTS_REMINDER,
+            lambda: {"missing": document_names(self.case.outstanding())},
         )
         if not complete:
             # A submission accepted before the deadline is validated and counted before the
@@ -207,7 +243,9 @@ class PosOnboarding:
         decision = case.decision
         assert decision is not None
         if decision.outcome is ReviewOutcome.APPROVED:
-            await self.notify(steps.Notice.APPROVED)
+            # With the notices patch, approval is told with the contract to sign (its link).
+            if not workflow.patched(NOTICES_PATCH):
+                await self.notify(steps.Notice.APPROVED)
             return True
         if decision.outcome is ReviewOutcome.REJECTED:
             raise Ended(Stage.REJECTED, "; ".join(decision.reasons))
@@ -219,6 +257,7 @@ class PosOnboarding:
             )
         case.round += 1
         case.requested_documents = list(decision.required_documents)
+        case.requested_reasons = list(decision.reasons)
         for kind in decision.required_documents:
             case.documents.pop(kind, None)
         return False
@@ -353,12 +392,25 @@ class PosOnboarding:
         )
         self.checkpoint()
         case.event("contract_issued", issued.contract_id)
+        signing = {"signing_link": issued.signing_url}
+        if workflow.patched(NOTICES_PATCH):
+            await self.notify(
+                steps.Notice.CONTRACT_READY,
+                issued.contract_id,
+                **signing,
+                deadline=china_time(deadline),
+            )
 
         def done() -> bool:
             return case.contract_done
 
         if not await self.wait_with_reminders(
-            done, started, deadline, self.policy.contract_reminders, steps.Notice.CONTRACT_REMINDER
+            done,
+            started,
+            deadline,
+            self.policy.contract_reminders,
+            steps.Notice.CONTRACT_REMINDER,
+            lambda: signing,
         ) and not await self.pulled("contract", done):
             what = "signed" if case.contract.signed_at is None else "paid the deposit"
             raise Ended(Stage.EXPIRED, f"the merchant had not {what} by the contract deadline")
@@ -494,7 +546,12 @@ class PosOnboarding:
             self.on_undo_delivery("recall_shipment", attempt)
             self.checkpoint()
             case.event("shipped", f"{shipped.carrier} {shipped.tracking_number}", attempt=attempt)
-            await self.notify(steps.Notice.SHIPPED, f"{shipped.carrier} {shipped.tracking_number}")
+            await self.notify(
+                steps.Notice.SHIPPED,
+                f"{shipped.carrier} {shipped.tracking_number}",
+                carrier=shipped.carrier,
+                tracking_number=shipped.tracking_number,
+            )
         else:
             booked = await self.step(
                 act.BOOK_INSTALLATION,
@@ -513,6 +570,12 @@ class PosOnboarding:
             self.on_undo_delivery("cancel_installation", attempt)
             self.checkpoint()
             case.event("installation_booked", booked.appointment_id, attempt=attempt)
+            if workflow.patched(NOTICES_PATCH):
+                await self.notify(
+                    steps.Notice.INSTALLATION_BOOKED,
+                    booked.appointment_id,
+                    appointment=china_time(booked.scheduled_for),
+                )
 
     def on_undo_delivery(self, label: str, attempt: int) -> None:
         """Undoing a delivery depends on how far it got: recall, cancel, or fetch the devices."""
@@ -599,6 +662,12 @@ class PosOnboarding:
                 case.terminals[code.serial].activation_code_issued = True
         self.checkpoint()
         case.event("activation_codes_issued", count=len(issued.codes))
+        if workflow.patched(NOTICES_PATCH):
+            # The codes go to the merchant only: the notice is the one place they are written.
+            codes = "；".join(f"终端{c.serial[-4:]}：{c.code}" for c in issued.codes)
+            await self.notify(
+                steps.Notice.ACTIVATION_CODES, f"{len(issued.codes)} codes", codes=codes
+            )
 
         def activated() -> bool:
             return case.all_activated
@@ -609,6 +678,7 @@ class PosOnboarding:
             deadline,
             self.policy.activation_reminders,
             steps.Notice.ACTIVATION_REMINDER,
+            dict,
         ) and not await self.pulled("device", activated):
             await self.wait_overdue(
                 AttentionKind.ACTIVATION_OVERDUE,
@@ -683,6 +753,12 @@ class PosOnboarding:
         case.event(
             "training_scheduled", scheduled.session_id, at=scheduled.scheduled_for.isoformat()
         )
+        if workflow.patched(NOTICES_PATCH):
+            await self.notify(
+                steps.Notice.TRAINING_BOOKED,
+                scheduled.session_id,
+                appointment=china_time(scheduled.scheduled_for),
+            )
 
         def trained() -> bool:
             return case.training is not None
@@ -693,6 +769,7 @@ class PosOnboarding:
             deadline,
             self.policy.training_reminders,
             steps.Notice.TRAINING_REMINDER,
+            dict,
         ) and not await self.pulled("logistics", trained):
             await self.wait_overdue(
                 AttentionKind.TRAINING_OVERDUE,
@@ -722,7 +799,7 @@ class PosOnboarding:
         )
         case.enter(Stage.LIVE)
         case.event("went_live", case.mid)
-        await self.notify(steps.Notice.WENT_LIVE, f"MID {case.mid}")
+        await self.notify(steps.Notice.WENT_LIVE, f"MID {case.mid}", mid=case.mid)
         handed_over = None
         if workflow.patched(HANDOVER_PATCH):
             handed_over = await self.hand_over(enabled.enabled_at)
@@ -792,7 +869,10 @@ class PosOnboarding:
             Stage.EXPIRED: steps.Notice.EXPIRED,
             Stage.REJECTED: steps.Notice.REJECTED,
         }[end.stage]
-        await self.notify(notice, end.reason)
+        fields = {"reason": end.reason}
+        if notice is steps.Notice.EXPIRED:
+            fields["expired_on"] = china_time(workflow.now())
+        await self.notify(notice, end.reason, **fields)
         await self.settle()
         await self.compensate()  # a deposit paid while closing is refunded too
         return self.outcome(end.stage, end.reason)
@@ -806,7 +886,11 @@ class PosOnboarding:
     async def settle(self) -> None:
         """Before the workflow ends: every message handled and every snapshot delivered."""
         await workflow.wait_condition(
-            lambda: workflow.all_handlers_finished() and self.case.projected()
+            lambda: (
+                workflow.all_handlers_finished()
+                and self.case.projected()
+                and not self._side_notices
+            )
         )
 
     def outcome(self, stage: Stage, reason: str, went_live_at: datetime | None = None) -> Outcome:
@@ -848,7 +932,10 @@ class PosOnboarding:
         deadline: datetime,
         reminders: list[timedelta],
         notice: steps.Notice,
+        fields: Callable[[], dict[str, str]],
     ) -> bool:
+        """Wait for `done` until `deadline`, with a reminder (`notice`, its template's `fields`
+        as they stand then, and the deadline) at each of `reminders` after `started`."""
         for offset in sorted(reminders):
             remind_at = started + offset
             if remind_at <= workflow.now():
@@ -857,7 +944,12 @@ class PosOnboarding:
             if await self.wait(done, remind_at):
                 self.case.deadlines.next_reminder = None
                 return True
-            await self.notify(notice, f"due by {deadline.astimezone(CHINA).isoformat()}")
+            await self.notify(
+                notice,
+                f"due by {deadline.astimezone(CHINA).isoformat()}",
+                **fields(),
+                deadline=china_time(deadline),
+            )
             self.case.event("reminder_sent", notice.value)
         self.case.deadlines.next_reminder = None
         return await self.wait(done, deadline)
@@ -1050,8 +1142,12 @@ class PosOnboarding:
             self.case.compensated.append(f"{label} (skipped by admin)")
             self.case.event("compensation_skipped", label)
 
-    async def notify(self, notice: steps.Notice, detail: str = "") -> None:
-        """Tell the merchant, best effort: a notice that cannot go out must not hold up the case."""
+    async def notify(
+        self, notice: steps.Notice, detail: str = "", contact: Contact | None = None, **fields: str
+    ) -> None:
+        """Tell the merchant, best effort: a notice that cannot go out must not hold up the case.
+        `fields` fill in the notice's template (services/notification.py); `detail` is what the
+        timeline and the logs say."""
         case = self.case
         case.notices_sent += 1
         try:
@@ -1062,6 +1158,8 @@ class PosOnboarding:
                     application_id=case.app_id,
                     notice=notice,
                     detail=detail,
+                    fields=fields,
+                    contact=contact,
                 ),
                 steps.Notified,
             )
@@ -1128,7 +1226,23 @@ class PosOnboarding:
             filed=[k.value for k in result.filed],
             issues=len(result.issues),
         )
+        if result.issues and workflow.patched(NOTICES_PATCH):
+            # Told by notice too (the merchant may have used a front end that shows nothing),
+            # without holding up the answer the sender is waiting for.
+            self.notify_aside(
+                steps.Notice.DOCUMENTS_INCOMPLETE,
+                submission.submission_id,
+                issues=describe_issues(result.issues),
+            )
         return result
+
+    def notify_aside(
+        self, notice: steps.Notice, detail: str, contact: Contact | None = None, **fields: str
+    ) -> None:
+        """Send a notice without waiting for it (the workflow waits for it before it ends)."""
+        task = asyncio.create_task(self.notify(notice, detail, contact, **fields))
+        self._side_notices.add(task)
+        task.add_done_callback(self._side_notices.discard)
 
     @submit_documents.validator
     def _check_submission(self, submission: DocumentSubmission) -> None:
