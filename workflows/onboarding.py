@@ -123,7 +123,9 @@ class PosOnboarding:
         if workflow.patched(NOTICES_PATCH):
             # The application code, and where notices go from now on: sent aside, so a slow
             # notification service never delays the case.
-            self.notify_aside(steps.Notice.RECEIVED, "application received", self.app.contact)
+            self.notify_aside(
+                steps.Notice.RECEIVED, "application received", contact=self.app.contact
+            )
         try:
             await self.collect_documents()
             while not await self.review():
@@ -1143,7 +1145,12 @@ class PosOnboarding:
             self.case.event("compensation_skipped", label)
 
     async def notify(
-        self, notice: steps.Notice, detail: str = "", contact: Contact | None = None, **fields: str
+        self,
+        notice: steps.Notice,
+        detail: str = "",
+        *,
+        contact: Contact | None = None,
+        **fields: str,
     ) -> None:
         """Tell the merchant, best effort: a notice that cannot go out must not hold up the case.
         `fields` fill in the notice's template (services/notification.py); `detail` is what the
@@ -1237,10 +1244,10 @@ class PosOnboarding:
         return result
 
     def notify_aside(
-        self, notice: steps.Notice, detail: str, contact: Contact | None = None, **fields: str
+        self, notice: steps.Notice, detail: str, *, contact: Contact | None = None, **fields: str
     ) -> None:
         """Send a notice without waiting for it (the workflow waits for it before it ends)."""
-        task = asyncio.create_task(self.notify(notice, detail, contact, **fields))
+        task = asyncio.create_task(self.notify(notice, detail, contact=contact, **fields))
         self._side_notices.add(task)
         task.add_done_callback(self._side_notices.discard)
 
