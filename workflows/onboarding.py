@@ -874,7 +874,7 @@ class PosOnboarding:
         fields = {"reason": end.reason}
         if notice is steps.Notice.EXPIRED:
             fields["expired_on"] = china_time(workflow.now())
-        await self.notify(notice, end.reason, **fields)
+        await self.notify(notice, end.reason, template=fields)
         await self.settle()
         await self.compensate()  # a deposit paid while closing is refunded too
         return self.outcome(end.stage, end.reason)
@@ -949,8 +949,7 @@ class PosOnboarding:
             await self.notify(
                 notice,
                 f"due by {deadline.astimezone(CHINA).isoformat()}",
-                **fields(),
-                deadline=china_time(deadline),
+                template={**fields(), "deadline": china_time(deadline)},
             )
             self.case.event("reminder_sent", notice.value)
         self.case.deadlines.next_reminder = None
@@ -1150,11 +1149,12 @@ class PosOnboarding:
         detail: str = "",
         *,
         contact: Contact | None = None,
+        template: dict[str, str] | None = None,
         **fields: str,
     ) -> None:
         """Tell the merchant, best effort: a notice that cannot go out must not hold up the case.
-        `fields` fill in the notice's template (services/notification.py); `detail` is what the
-        timeline and the logs say."""
+        `fields` (and `template`, the same as a dict) fill in the notice's template
+        (services/notification.py); `detail` is what the timeline and the logs say."""
         case = self.case
         case.notices_sent += 1
         try:
@@ -1165,7 +1165,7 @@ class PosOnboarding:
                     application_id=case.app_id,
                     notice=notice,
                     detail=detail,
-                    fields=fields,
+                    fields={**(template or {}), **fields},
                     contact=contact,
                 ),
                 steps.Notified,
