@@ -399,7 +399,7 @@ class PosOnboarding:
             await self.notify(
                 steps.Notice.CONTRACT_READY,
                 issued.contract_id,
-                **signing,
+                signing_link=issued.signing_url,
                 deadline=china_time(deadline),
             )
 
@@ -1247,7 +1247,7 @@ class PosOnboarding:
         self, notice: steps.Notice, detail: str, *, contact: Contact | None = None, **fields: str
     ) -> None:
         """Send a notice without waiting for it (the workflow waits for it before it ends)."""
-        task = asyncio.create_task(self.notify(notice, detail, contact=contact, **fields))
+        task = asyncio.create_task(self.notify(notice, detail, contact=contact, template=fields))
         self._side_notices.add(task)
         task.add_done_callback(self._side_notices.discard)
 
