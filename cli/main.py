@@ -20,6 +20,7 @@ from rich.table import Table
 
 from cli.admin import admin_app
 from cli.apps import apps_app
+from cli.bench import bench
 from cli.keys import keys_app
 from cli.merchants import merchants_app
 from services.stack import GATEWAY_PORT, PORTS, Served, serve, stop_all
@@ -46,6 +47,7 @@ app.add_typer(admin_app, name="admin")
 app.add_typer(apps_app, name="apps")
 app.add_typer(keys_app, name="keys")
 app.add_typer(merchants_app, name="merchants")
+app.command("bench")(bench)
 console = Console()
 log = structlog.get_logger(__name__)
 
@@ -193,18 +195,28 @@ async def _up(port: int, ui_port: int) -> None:
     console.print("posflow stopped.")
 
 
+SERVICE_HOST_ENV = "POSFLOW_SERVICE_HOST"
+
+
 async def _serve_http_roles(
-    settings: TemporalSettings, services: bool = True, gateway: bool = True
+    settings: TemporalSettings,
+    services: bool = True,
+    gateway: bool = True,
+    only: Sequence[str] = (),
 ) -> list[Served]:
-    """The sandbox services and the gateway, each on its port of the embedded stack."""
+    """The sandbox services (all, or `only` those named) and the gateway, each on its port of
+    the embedded stack. Services listen on `POSFLOW_SERVICE_HOST` (loopback by default; a
+    container sets 0.0.0.0)."""
     from gateway.app import GatewaySettings, create_app
     from workers.temporal import connect
 
     served: list[Served] = []
+    host = os.environ.get(SERVICE_HOST_ENV, "127.0.0.1")
     try:
         if services:
             for name, port in PORTS.items():
-                served.append(await serve(name, build_service(name).app, port))
+                if not only or name in only:
+                    served.append(await serve(name, build_service(name).app, port, host=host))
         if gateway:
             gateway_settings = GatewaySettings.from_env()  # refused before anything connects
             client = await connect(settings)
@@ -216,10 +228,12 @@ async def _serve_http_roles(
     return served
 
 
-async def _http_roles_until_stopped(services: bool, gateway: bool) -> None:
+async def _http_roles_until_stopped(
+    services: bool, gateway: bool, only: Sequence[str] = ()
+) -> None:
     require_valid_environment("gateway" if gateway else "service")
     stop = _stop_on_signals()
-    served = await _serve_http_roles(TemporalSettings.from_env(), services, gateway)
+    served = await _serve_http_roles(TemporalSettings.from_env(), services, gateway, only)
     for item in served:
         console.print(f"  {item.name:<10} {item.url}", highlight=False)
     try:
@@ -281,6 +295,17 @@ def services() -> None:
     """Run the sandbox services (review, contract, device, logistics, notification) until Ctrl-C."""
     configure_logging()
     _run(_http_roles_until_stopped(services=True, gateway=False))
+
+
+@app.command()
+def service(name: Annotated[str, typer.Argument(help=f"one of {', '.join(PORTS)}")]) -> None:
+    """Run one sandbox service on its port (a container per service, in deploy/)."""
+    if name not in PORTS:
+        raise typer.BadParameter(
+            f"no service {name!r}: one of {', '.join(PORTS)}", param_hint="NAME"
+        )
+    configure_logging()
+    _run(_http_roles_until_stopped(services=True, gateway=False, only=(name,)))
 
 
 @app.command()

@@ -202,11 +202,7 @@ def test_the_role_commands_exist() -> None:
     from cli.main import app
 
     commands = set(get_command(app).commands)  # type: ignore[attr-defined]
-    assert {"worker", "gateway"} <= commands
-    if "service" not in commands:
-        pytest.xfail(
-            "`posflow service <name>` (one sandbox service per process) is not a command yet"
-        )
+    assert {"worker", "gateway", "service"} <= commands
 
 
 # --- Kubernetes ---------------------------------------------------------------------------------
