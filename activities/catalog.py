@@ -30,6 +30,8 @@ CREATE_SHIPMENT: Final = "create_shipment"
 BOOK_INSTALLATION: Final = "book_installation"
 RECALL_SHIPMENT: Final = "recall_shipment"
 CANCEL_INSTALLATION: Final = "cancel_installation"
+BOOK_PICK_UP: Final = "book_pick_up"
+CANCEL_PICK_UP: Final = "cancel_pick_up"
 ARRANGE_RETURN: Final = "arrange_return"
 
 ISSUE_ACTIVATION_CODES: Final = "issue_activation_codes"
@@ -72,6 +74,8 @@ ALL: Final = (
     BOOK_INSTALLATION,
     RECALL_SHIPMENT,
     CANCEL_INSTALLATION,
+    BOOK_PICK_UP,
+    CANCEL_PICK_UP,
     ARRANGE_RETURN,
     ISSUE_ACTIVATION_CODES,
     RUN_TEST_TRANSACTION,

@@ -44,6 +44,21 @@ class LogisticsActivities:
             "/installations", request, steps.InstallationBooked, fields=_fields(request)
         )
 
+    @activity.defn(name=catalog.BOOK_PICK_UP)
+    async def book_pick_up(self, request: steps.BookPickUp) -> steps.PickUpBooked:
+        return await self.client.send(
+            "/pickups", request, steps.PickUpBooked, fields=_fields(request)
+        )
+
+    @activity.defn(name=catalog.CANCEL_PICK_UP)
+    async def cancel_pick_up(self, request: steps.CancelPickUp) -> steps.Undone:
+        return await self.client.send(
+            path("pickups", request.pickup_id, "cancel"),
+            request,
+            steps.Undone,
+            fields={"application_id", "reason"},
+        )
+
     @activity.defn(name=catalog.RECALL_SHIPMENT)
     async def recall_shipment(self, request: steps.RecallShipment) -> steps.Undone:
         return await self.client.send(

@@ -198,6 +198,7 @@ class Channel(StrEnum):
 class Fulfilment(StrEnum):
     MAIL = "mail"  # 邮寄
     ON_SITE = "on_site"  # 上门安装调试
+    PICK_UP = "pick_up"  # 网点领取: collected at a branch with a code
 
 
 class IdentityKind(StrEnum):
@@ -283,6 +284,9 @@ class Application(Model):
     # the bank a bank application chooses (选择银行), one of its profile's banks.
     tmall_store: OptionalText | None = Field(default=None, max_length=60)
     acquiring_bank: OptionalText | None = Field(default=None, max_length=40)
+    # Where the channel's training is optional (Alipay: the set-up guide), the merchant may
+    # decline it and go live after activation; a channel requiring it refuses this (422).
+    decline_training: bool | None = None
 
     @property
     def workflow_id(self) -> str:

@@ -108,12 +108,10 @@ class DeviceRules(Model):
 
 
 class FulfilmentRules(Model):
-    """How terminals reach the merchant: the `Fulfilment`s the channel allows. `pick_up` records
-    that the channel hands terminals over at a branch (领取) — a capability posflow does not offer
-    yet (the workflow has no pick-up path, so `Fulfilment` has no such value)."""
+    """How terminals reach the merchant: the `Fulfilment`s the channel allows (mail, on-site
+    installation, or collection at a branch: 领取)."""
 
     allowed: list[Fulfilment] = Field(min_length=1)
-    pick_up: bool = False
 
     @field_validator("allowed")
     @classmethod
@@ -229,6 +227,15 @@ class ChannelProfile(Model):
                     f"{channel}: choose one of {allowed}",
                 )
             )
+        if app.decline_training and self.training.need is TrainingNeed.REQUIRED:
+            issues.append(
+                FieldIssue(
+                    field="decline_training",
+                    code=IssueCode.NOT_APPLICABLE,
+                    message=f"channel {channel} requires operating training "
+                    f"({self.training.sessions} session(s)): it cannot be declined",
+                )
+            )
         bank = app.acquiring_bank
         if bank and not self.devices.banks:
             issues.append(
@@ -302,11 +309,11 @@ _PROFILES: dict[str, dict[str, Any]] = {
         },
     },
     # Lakala: a deposit (保证金), an annual fee and service fees, the UnionPay standard rate; mail,
-    # on-site installation, or collection at a branch (领取, not offered by posflow yet).
+    # on-site installation, or collection at a branch (领取).
     "lakala": {
         "channel": "lakala",
         "devices": {"models": ["LKL-A8", "LKL-Q5", "SMART-P2"]},
-        "fulfilment": {"allowed": ["mail", "on_site"], "pick_up": True},
+        "fulfilment": {"allowed": ["mail", "on_site", "pick_up"]},
         "fees": {
             "deposit": "99.00",
             "annual_fee": "365.00",

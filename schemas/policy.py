@@ -18,7 +18,7 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from schemas.application import Channel, Model
-from schemas.channels import PROFILES, ChannelProfile
+from schemas.channels import PROFILES, ChannelProfile, TrainingNeed
 
 
 class RiskLevel(StrEnum):
@@ -111,10 +111,13 @@ class Policy(Model):
         default_factory=lambda: [timedelta(days=2), timedelta(days=7)]
     )
     deposit_amount: Decimal = Field(default=Decimal("0"), ge=0, decimal_places=2)
+    # The card rate (费率) the contract states, percent of a card payment.
+    card_rate_percent: Decimal = Field(default=Decimal("0.60"), gt=0, le=5, decimal_places=2)
 
     # Delivery: past these the case is parked for attention.
     mail_delivery_deadline: timedelta = timedelta(days=7)
     installation_deadline: timedelta = timedelta(days=10)
+    pick_up_deadline: timedelta = timedelta(days=14)  # collected at a branch (领取)
 
     # Activation and training: reminders, then attention when overdue.
     activation_deadline: timedelta = timedelta(days=7)
@@ -123,6 +126,10 @@ class Policy(Model):
     )
     training_deadline: timedelta = timedelta(days=7)
     training_reminders: list[timedelta] = Field(default_factory=lambda: [timedelta(days=2)])
+    # The channel's training (操作培训): required before go-live, in this many sessions; where it
+    # is optional the merchant goes live after activation with the guide.
+    training_required: bool = True
+    training_sessions: int = Field(default=1, ge=1, le=5)
 
     # How hard a step tries before it parks the application for an admin.
     activity_timeout: timedelta = timedelta(seconds=30)
@@ -165,6 +172,9 @@ def _channel_defaults(profile: ChannelProfile) -> dict[str, Any]:
         "review_sla_working_days": profile.review.sla_working_days,
         "review_deadline_working_days": profile.review.deadline_working_days,
         "deposit_amount": profile.fees.deposit,
+        "card_rate_percent": profile.fees.card_rate_percent,
+        "training_required": profile.training.need is TrainingNeed.REQUIRED,
+        "training_sessions": profile.training.sessions,
         "merchant": {
             "annual_fee": profile.fees.annual_fee,
             "service_fee_per_terminal": profile.fees.service_fee_per_terminal,
@@ -233,6 +243,7 @@ class PolicyOverrides(Model):
     contract_reminders: Reminders | None = None
     mail_delivery_deadline: Deadline | None = None
     installation_deadline: Deadline | None = None
+    pick_up_deadline: Deadline | None = None
     activation_deadline: Deadline | None = None
     activation_reminders: Reminders | None = None
     training_deadline: Deadline | None = None

@@ -141,6 +141,16 @@ class Installation(Model):
     installed_at: datetime | None = None
 
 
+class PickUp(Model):
+    """Terminals held at a branch for the merchant (the pick-up code is not here: it went to the
+    merchant by notice)."""
+
+    pickup_id: str
+    branch: str
+    ready_from: datetime
+    collected_at: datetime | None = None
+
+
 class Deadlines(Model):
     stage_deadline: datetime | None = None
     next_reminder: datetime | None = None
@@ -168,6 +178,7 @@ class ApplicationStatus(Model):
     terminals: list[Terminal] = Field(default_factory=list)
     shipment: Shipment | None = None
     installation: Installation | None = None
+    pick_up: PickUp | None = None
     training_session_id: str | None = None
     attention: Attention | None = None
     withdrawal_reason: str | None = None

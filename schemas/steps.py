@@ -165,6 +165,7 @@ class IssueContract(Step):
     deposit_amount: Decimal
     device_model: str
     quantity: int
+    card_rate_percent: Decimal = Decimal("0.60")  # the channel's card rate (费率), on the contract
 
 
 class ContractIssued(Model):
@@ -265,6 +266,26 @@ class CancelInstallation(Step):
     reason: str
 
 
+class BookPickUp(Step):
+    """Hold the terminals at the branch of the merchant's city for collection (领取)."""
+
+    address: Address
+    contact: str
+    serials: list[str]
+
+
+class PickUpBooked(Model):
+    pickup_id: str
+    branch: str
+    ready_from: datetime
+    pickup_code: str  # six digits, for the merchant only (sent by notice)
+
+
+class CancelPickUp(Step):
+    pickup_id: str
+    reason: str
+
+
 class ArrangeReturn(Step):
     """Collect delivered or installed terminals back from the merchant."""
 
@@ -319,11 +340,13 @@ class ScheduleTraining(Step):
     merchant_name: str
     address: Address
     on_site: bool
+    sessions: int = 1  # the channel's profile: one session or several
 
 
 class TrainingScheduled(Model):
     session_id: str
-    scheduled_for: datetime
+    scheduled_for: datetime  # the first session
+    sessions: int = 1
 
 
 class CancelTraining(Step):

@@ -120,6 +120,7 @@ class Agreement(SQLModel, table=True):
     device_model: str
     quantity: int
     deposit_amount: str
+    card_rate_percent: str = "0.60"  # 费率: percent of each card payment, as the contract states
     paid: str = "0.00"
     refunded: str = "0.00"
     status: str = Field(default=Status.ISSUED.value, index=True)
@@ -200,6 +201,9 @@ class ContractRequest(Model):
     merchant_name: str = PydanticField(min_length=1, max_length=200)
     channel: str = PydanticField(min_length=1, max_length=40)
     deposit_amount: Money = PydanticField(ge=0, le=1_000_000)
+    card_rate_percent: Decimal = PydanticField(
+        default=Decimal("0.60"), gt=0, le=5, decimal_places=2
+    )
     device_model: str = PydanticField(min_length=1, max_length=80)
     quantity: int = PydanticField(ge=1, le=1000)
     idempotency_key: str | None = None
@@ -302,6 +306,7 @@ class ContractView(Model):
     status: Status
     signing_url: str
     deposit_amount: Decimal
+    card_rate_percent: Decimal
     deposit_due: Decimal
     paid: Decimal  # all money taken on the contract: deposit and fees
     fees_paid: Decimal
@@ -405,9 +410,15 @@ def issue(session: Session, request: ContractRequest) -> Agreement:
         device_model=request.device_model,
         quantity=request.quantity,
         deposit_amount=str(request.deposit_amount),
+        card_rate_percent=str(request.card_rate_percent),
     )
     session.add(agreement)
-    _record(session, agreement.id, "issued", f"deposit {agreement.deposit_amount}")
+    _record(
+        session,
+        agreement.id,
+        "issued",
+        f"deposit {agreement.deposit_amount}, card rate {agreement.card_rate_percent}%",
+    )
     return agreement
 
 
@@ -771,6 +782,7 @@ def view(session: Session, config: ServiceConfig, agreement: Agreement) -> Contr
         status=Status(agreement.status),
         signing_url=signing_url(config, agreement.id),
         deposit_amount=Decimal(agreement.deposit_amount),
+        card_rate_percent=Decimal(agreement.card_rate_percent),
         deposit_due=deposit_due(agreement),
         paid=Decimal(agreement.paid),
         fees_paid=fees_paid(agreement),
@@ -816,7 +828,7 @@ _SIGNING_PAGE = """<!doctype html>
 <body>
 <h1>POS机服务协议 / POS terminal service agreement</h1>
 <p>Contract {contract_id} for {merchant}: {quantity} × {model} via {channel}.</p>
-<p>Status: <b>{status}</b>. Deposit due: {due}.</p>
+<p>Status: <b>{status}</b>. Deposit due: {due}. Card rate (费率): {rate}% of each card payment.</p>
 <form id="sign"><label>Your name <input name="signer_name" required></label>
 <button>Sign</button></form><p id="result"></p>
 <script>
@@ -875,6 +887,7 @@ def _routes(service: Service) -> None:
                 channel=html.escape(agreement.channel),
                 status=html.escape(agreement.status),
                 due=deposit_due(agreement),
+                rate=html.escape(agreement.card_rate_percent),
                 path=f"/contracts/{quote(agreement.id, safe='')}",
             )
         return HTMLResponse(page)

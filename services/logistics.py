@@ -63,6 +63,7 @@ from schemas.messages import DeliveryOutcome, DeliveryOutcomeKind, ShipmentScan,
 from schemas.steps import (
     InspectionBooked,
     InstallationBooked,
+    PickUpBooked,
     ReturnArranged,
     ShipmentCreated,
     TrainingScheduled,
@@ -120,6 +121,14 @@ class ShipmentStatus(StrEnum):
 class AppointmentKind(StrEnum):
     INSTALLATION = "installation"
     TRAINING = "training"
+    PICK_UP = "pick_up"  # terminals held at a branch for the merchant to collect (领取)
+
+
+_PREFIXES = {
+    AppointmentKind.INSTALLATION: "APT",
+    AppointmentKind.TRAINING: "TRN",
+    AppointmentKind.PICK_UP: "PKU",
+}
 
 
 class AppointmentStatus(StrEnum):
@@ -180,6 +189,13 @@ class LogisticsAppointment(SQLModel, table=True):
     serials: list[str] = SQLField(default_factory=list, sa_column=Column(JSON, nullable=False))
     address: dict[str, Any] = SQLField(default_factory=dict, sa_column=Column(JSON, nullable=False))
     on_site: bool = True
+    # A training in several sessions (the channel's profile): booked once, each session reported
+    # through the same completion; the merchant is trained after the last one.
+    sessions: int = 1
+    sessions_done: int = 0
+    # A pick-up: the branch holding the terminals and the code the merchant shows there.
+    branch: str = ""
+    pickup_code: str = ""
     scheduled_for: datetime = _timestamp()
     status: str = SQLField(index=True)
     performed_by: str = ""
@@ -279,6 +295,7 @@ class NewTraining(Model):
     merchant_name: Person
     address: Address
     on_site: bool
+    sessions: int = Field(default=1, ge=1, le=5)
 
 
 class NewInspection(Model):
@@ -308,6 +325,21 @@ class Scan(Model):
 # and never a message the gateway would refuse.
 class Delivery(Model):
     outcome: Literal["delivered", "failed"]
+    detail: Note = Field(default="", max_length=500)
+
+
+class NewPickUp(Model):
+    """The fields of `steps.BookPickUp`."""
+
+    application_id: ApplicationId
+    address: Address
+    contact: Person
+    serials: Serials
+
+
+class PickUpReport(Model):
+    outcome: Literal["collected", "uncollected"]
+    clerk: PersonName = Field(min_length=1, max_length=80)
     detail: Note = Field(default="", max_length=500)
 
 
@@ -390,7 +422,10 @@ class AppointmentView(Model):
     status: AppointmentStatus
     on_site: bool
     serials: list[str]
-    scheduled_for: datetime
+    scheduled_for: datetime  # the next session's, for a training in several
+    sessions: int
+    sessions_done: int
+    branch: str  # a pick-up's (the code is never shown: only the merchant has it)
     performed_by: str
     detail: str
     created_at: datetime
@@ -837,6 +872,9 @@ class Logistics:
             on_site=a.on_site,
             serials=list(a.serials),
             scheduled_for=_aware(a.scheduled_for),
+            sessions=a.sessions,
+            sessions_done=a.sessions_done,
+            branch=a.branch,
             performed_by=a.performed_by,
             detail=a.detail,
             created_at=_aware(a.created_at),
@@ -851,7 +889,7 @@ class Logistics:
         address: Address,
         **extra: Any,
     ) -> LogisticsAppointment:
-        prefix = "APT" if kind is AppointmentKind.INSTALLATION else "TRN"
+        prefix = _PREFIXES[kind]
         appointment = LogisticsAppointment(
             appointment_id=f"{prefix}{uuid.uuid4().hex[:16].upper()}",
             application_id=application_id,
@@ -882,6 +920,43 @@ class Logistics:
         )
         return InstallationBooked(appointment_id=a.appointment_id, scheduled_for=a.scheduled_for)
 
+    def book_pick_up(self, session: Session, request: NewPickUp) -> PickUpBooked:
+        """The terminals go to the branch of the merchant's city, ready after the lead time;
+        the merchant collects them with a six-digit code."""
+        city = str(request.address.model_dump().get("city", "")) or "总部"
+        a = self._book(
+            session,
+            AppointmentKind.PICK_UP,
+            request.application_id,
+            request.address,
+            contact=request.contact,
+            serials=list(request.serials),
+            on_site=False,
+            branch=f"{city}服务网点",
+            pickup_code=f"{secrets.randbelow(10**6):06d}",
+        )
+        return PickUpBooked(
+            pickup_id=a.appointment_id,
+            branch=a.branch,
+            ready_from=a.scheduled_for,
+            pickup_code=a.pickup_code,
+        )
+
+    def complete_pick_up(
+        self, session: Session, pickup_id: str, report: PickUpReport
+    ) -> AppointmentView:
+        """Collected: the terminals are the merchant's, and the workflow hears it as a delivery.
+        Not collected (the branch gave up): they go back to the warehouse, a failed delivery."""
+        collected = report.outcome == "collected"
+        status = AppointmentStatus.DONE if collected else AppointmentStatus.FAILED
+        kind = AppointmentKind.PICK_UP
+        a = self._finish(session, kind, pickup_id, status, report.clerk, report.detail)
+        if collected:
+            self._move(session, a.serials, pickup_id, False, f"collected at {a.branch}")
+        outcome = DeliveryOutcomeKind.DELIVERED if collected else DeliveryOutcomeKind.FAILED
+        self._outcome(session, a, pickup_id, outcome, report.detail or f"{report.outcome}")
+        return self.appointment_view(session, kind, pickup_id)
+
     def schedule_training(self, session: Session, request: NewTraining) -> TrainingScheduled:
         a = self._book(
             session,
@@ -890,8 +965,11 @@ class Logistics:
             request.address,
             contact=request.merchant_name,
             on_site=request.on_site,
+            sessions=request.sessions,
         )
-        return TrainingScheduled(session_id=a.appointment_id, scheduled_for=a.scheduled_for)
+        return TrainingScheduled(
+            session_id=a.appointment_id, scheduled_for=a.scheduled_for, sessions=a.sessions
+        )
 
     def _finish(
         self,
@@ -933,7 +1011,17 @@ class Logistics:
     ) -> AppointmentView:
         kind = AppointmentKind.TRAINING
         topics = ", ".join(report.topics)
+        a = self._appointment(session, kind, session_id)
+        if a.status == AppointmentStatus.BOOKED and a.sessions_done + 1 < a.sessions:
+            # Not the last session: the next one is booked, nobody is called back yet.
+            a.sessions_done += 1
+            a.scheduled_for = _now() + self.settings.lead_time
+            a.performed_by, a.detail, a.updated_at = report.trainer, topics, _now()
+            session.add(a)
+            log.info("training_session_done", session_id=session_id, done=a.sessions_done)
+            return self.appointment_view(session, kind, session_id)
         a = self._finish(session, kind, session_id, AppointmentStatus.DONE, report.trainer, topics)
+        a.sessions_done = a.sessions
         enqueue_callback(
             session,
             self.name,
@@ -1099,7 +1187,7 @@ class Logistics:
             due: list[tuple[str, str, str, str]] = [
                 (s.shipment_id, s.status, str(s.address.get("city", "")), "shipment")
                 for s in shipments
-            ] + [(a.appointment_id, a.status, "", a.kind) for a in appointments]
+            ] + [(a.appointment_id, a.status, str(a.sessions_done), a.kind) for a in appointments]
             verdicts = [
                 (i.inspection_id, auto_verdict(str(i.address.get("street", "")), i.reinspection))
                 for i in inspections
@@ -1151,6 +1239,18 @@ class Logistics:
                 delivery,
                 lambda s: self.deliver(s, ident, delivery),
             )
+        elif what == AppointmentKind.PICK_UP:
+            collection = PickUpReport(
+                outcome="uncollected" if fails else "collected",
+                clerk="auto-clerk",
+                detail="not collected in time" if fails else "collected with the pick-up code",
+            )
+            self.write(
+                f"auto:{ident}:collection",
+                f"pick_up_collection:{ident}",
+                collection,
+                lambda s: self.complete_pick_up(s, ident, collection),
+            )
         elif what == AppointmentKind.INSTALLATION:
             report = InstallationReport(
                 outcome="failed" if fails else "installed",
@@ -1169,7 +1269,7 @@ class Logistics:
                 topics=["transactions", "refunds", "settlement", "receipts", "faults"],
             )
             self.write(
-                f"auto:{ident}:completion",
+                f"auto:{ident}:completion:{city}",  # `city`: the sessions done before this one
                 f"training_completion:{ident}",
                 training,
                 lambda s: self.complete_training(s, ident, training),
@@ -1253,6 +1353,37 @@ def _routes(logistics: Logistics) -> Callable[[Service], None]:
         @app.post("/returns", status_code=201, response_model=ReturnArranged)
         def arrange_return(body: NewReturn, key: IdempotencyKey = None) -> JSONResponse:
             return lg.write(key, "arrange_return", body, lambda s: lg.arrange_return(s, body), 201)
+
+        pick_up = AppointmentKind.PICK_UP
+
+        @app.post("/pickups", status_code=201, response_model=PickUpBooked)
+        def book_pick_up(body: NewPickUp, key: IdempotencyKey = None) -> JSONResponse:
+            return lg.write(key, "book_pick_up", body, lambda s: lg.book_pick_up(s, body), 201)
+
+        @app.get("/pickups/{pickup_id}", response_model=AppointmentView)
+        def get_pick_up(pickup_id: str) -> AppointmentView:
+            with service.session() as session:
+                return lg.appointment_view(session, pick_up, pickup_id)
+
+        @app.post("/pickups/{pickup_id}/collection", response_model=AppointmentView)
+        def collect(pickup_id: str, body: PickUpReport, key: IdempotencyKey = None) -> JSONResponse:
+            return lg.write(
+                key,
+                f"pick_up_collection:{pickup_id}",
+                body,
+                lambda s: lg.complete_pick_up(s, pickup_id, body),
+            )
+
+        @app.post("/pickups/{pickup_id}/cancel", response_model=Undone)
+        def cancel_pick_up(
+            pickup_id: str, body: Cancellation, key: IdempotencyKey = None
+        ) -> JSONResponse:
+            return lg.write(
+                key,
+                f"pick_up_cancel:{pickup_id}",
+                body,
+                lambda s: lg.cancel(s, pick_up, pickup_id, body),
+            )
 
         @app.post("/installations", status_code=201, response_model=InstallationBooked)
         def book_installation(body: NewInstallation, key: IdempotencyKey = None) -> JSONResponse:

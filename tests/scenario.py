@@ -238,7 +238,7 @@ class Run:
         status = await self.until(
             lambda s: (
                 s.stage is Stage.DELIVERING
-                and (s.shipment or s.installation) is not None
+                and (s.shipment or s.installation or s.pick_up) is not None
                 and s.attention is None
             ),
             "dispatched",
@@ -246,9 +246,13 @@ class Run:
         reference = status.shipment.shipment_id if status.shipment else None
         if status.installation is not None:
             reference = status.installation.appointment_id
+        if status.pick_up is not None:
+            reference = status.pick_up.pickup_id
         if kind is None:
             kind = (
-                DeliveryOutcomeKind.DELIVERED if status.shipment else DeliveryOutcomeKind.INSTALLED
+                DeliveryOutcomeKind.INSTALLED
+                if status.installation
+                else DeliveryOutcomeKind.DELIVERED  # signed for, or collected at the branch
             )
         assert reference is not None
         return await self.handle.execute_update(

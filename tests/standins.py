@@ -55,6 +55,10 @@ def appointment_id(application_id: str, attempt: int) -> str:
     return f"AP-{application_id}-{attempt}"
 
 
+def pickup_id(application_id: str, attempt: int) -> str:
+    return f"PU-{application_id}-{attempt}"
+
+
 def training_id(application_id: str) -> str:
     return f"TR-{application_id}"
 
@@ -407,6 +411,17 @@ class StandIns:
             answer(catalog.RECALL_SHIPMENT, undone, steps.RecallShipment),
             answer(catalog.CANCEL_INSTALLATION, undone, steps.CancelInstallation),
             answer(
+                catalog.BOOK_PICK_UP,
+                lambda r, n: steps.PickUpBooked(
+                    pickup_id=pickup_id(r.application_id, attempt_of(r)),
+                    branch="杭州服务网点",
+                    ready_from=now() + timedelta(days=1),
+                    pickup_code=f"{n:06d}",
+                ),
+                steps.BookPickUp,
+            ),
+            answer(catalog.CANCEL_PICK_UP, undone, steps.CancelPickUp),
+            answer(
                 catalog.ARRANGE_RETURN,
                 lambda r, n: steps.ReturnArranged(
                     return_id=f"RT{n}", tracking_number=f"SF{n:010d}"
@@ -429,6 +444,7 @@ class StandIns:
                 lambda r, n: steps.TrainingScheduled(
                     session_id=training_id(r.application_id),
                     scheduled_for=now() + timedelta(days=1),
+                    sessions=r.sessions,
                 ),
                 steps.ScheduleTraining,
             ),

@@ -72,7 +72,11 @@ def test_tmall_and_alipay_differ_where_the_sources_say() -> None:
     assert tmall.fees.free_terminal and alipay.fees.free_terminal
     assert not profile_for(Channel.BANK).fees.free_terminal
     assert profile_for(Channel.BANK).devices.banks  # 选择银行
-    assert profile_for(Channel.LAKALA).fulfilment.pick_up  # 领取, recorded, not yet offered
+    assert Fulfilment.PICK_UP in profile_for(Channel.LAKALA).fulfilment.allowed  # 领取
+    assert all(
+        Fulfilment.PICK_UP not in profile_for(c).fulfilment.allowed
+        for c in (Channel.BANK, Channel.TMALL, Channel.ALIPAY)
+    )
 
 
 def _broken(channel: str, path: tuple[str, ...], value: Any) -> dict[str, Any]:
@@ -90,7 +94,7 @@ def _broken(channel: str, path: tuple[str, ...], value: Any) -> dict[str, Any]:
         ("bank", ("fees", "card_rate_percent"), "-0.60", "fees.card_rate_percent"),
         ("lakala", ("fees", "deposit"), "99.999", "fees.deposit"),
         ("tmall", ("fulfilment", "allowed"), [], "fulfilment.allowed"),
-        ("alipay", ("fulfilment", "allowed"), ["pick_up"], "fulfilment.allowed.0"),
+        ("alipay", ("fulfilment", "allowed"), ["drone"], "fulfilment.allowed.0"),
         ("alipay", ("devices", "models"), [], "devices.models"),
         ("lakala", ("training", "sessions"), 0, "training.sessions"),
         ("tmall", ("review", "sla"), "P30D", "review"),
@@ -179,6 +183,19 @@ def test_an_unregulated_category_needs_no_industry_licence() -> None:
     assert DocumentKind.INDUSTRY_LICENCE not in required_documents(app)
     report = check_documents(app, [*valid_documents(app), _industry_licence()], today=TODAY)
     assert [i.code for i in report.issues] == [IssueCode.NOT_APPLICABLE]
+
+
+def test_training_is_declined_only_where_the_channel_makes_it_optional() -> None:
+    alipay = individual_application(channel=Channel.ALIPAY, decline_training=True)
+    assert profile_for(Channel.ALIPAY).submission_issues(alipay) == []
+    bank = individual_application(channel=Channel.BANK, decline_training=True)
+    (issue,) = profile_for(Channel.BANK).submission_issues(
+        bank.model_copy(update={"acquiring_bank": "招商银行", "fulfilment": Fulfilment.ON_SITE})
+    )
+    assert issue.field == "decline_training" and "requires operating training" in issue.message
+    assert policy_for(Channel.ALIPAY).training_required is False
+    assert policy_for(Channel.TMALL).training_sessions == 2
+    assert policy_for(Channel.ALIPAY).card_rate_percent == Decimal("0.38")
 
 
 # --- the demo's applications -------------------------------------------------------------------

@@ -107,6 +107,14 @@ async def test_issue_sign_pay_sends_signed_callbacks(tmp_path: Path) -> None:
             }
             page = await http.get(f"/sign/{cid}")
             assert page.status_code == 200 and cid in page.text and "杭州西湖小吃店" in page.text
+            assert "费率): 0.60%" in page.text  # the default: the UnionPay standard rate
+            alipay = await s.post(
+                "/contracts", {**issue_body("0", "APP-RATE"), "card_rate_percent": "0.38"}
+            )
+            shown = await s.contract(alipay.json()["contract_id"])
+            assert shown["card_rate_percent"] == "0.38"
+            too_high = await s.post("/contracts", {**issue_body(), "card_rate_percent": "9"})
+            assert too_high.status_code == 422 and "card_rate_percent" in too_high.json()["fields"]
 
             signed = await s.post(f"/contracts/{cid}/signature", {"signer_name": "王芳"})
             assert signed.status_code == 200, signed.text

@@ -207,6 +207,66 @@ async def test_training_scheduled_then_completed(stack: Stack) -> None:
     assert (unknown.status_code, unknown.json()["error"]) == (404, "not_found")
 
 
+async def test_a_training_in_two_sessions_calls_back_after_the_second(stack: Stack) -> None:
+    body = {
+        "application_id": "APP-4",
+        "merchant_name": "好运来旗舰店",
+        "address": ADDR,
+        "on_site": True,
+        "sessions": 2,
+    }
+    scheduled = steps.TrainingScheduled.model_validate(await stack.ok("/trainings", body))
+    assert scheduled.sessions == 2
+    sid = scheduled.session_id
+    first = await stack.ok(
+        f"/trainings/{sid}/completion", {"trainer": "赵老师", "topics": ["消费"]}
+    )
+    assert (first["status"], first["sessions_done"]) == ("booked", 1)
+    assert first["scheduled_for"] > scheduled.scheduled_for.isoformat()  # the next session
+    await asyncio.sleep(0.3)
+    assert callbacks(stack, "/training") == []  # not trained yet
+    last = await stack.ok(f"/trainings/{sid}/completion", {"trainer": "赵老师", "topics": ["结算"]})
+    assert (last["status"], last["sessions_done"]) == ("done", 2)
+    (path, data), *_ = await stack.recorder.wait_for(1)
+    assert path == "/api/applications/APP-4/training"
+    assert TrainingCompleted.model_validate(data).session_id == sid
+    too_many = await stack.post(f"/trainings/{sid}/completion", {"trainer": "赵老师"})
+    assert too_many.status_code == 409
+
+
+async def test_a_pick_up_is_held_at_a_branch_then_collected(stack: Stack) -> None:
+    body = {"application_id": "APP-5", "address": ADDR, "contact": "李四", "serials": ["SN9"]}
+    held = steps.PickUpBooked.model_validate(await stack.ok("/pickups", body))
+    assert held.branch == "北京市服务网点"
+    assert len(held.pickup_code) == 6 and held.pickup_code.isdigit()
+    view = (await stack.http.get(f"/pickups/{held.pickup_id}")).json()
+    assert view["branch"] == held.branch and held.pickup_code not in str(view)
+    where = (await stack.http.get("/whereabouts", params={"serial": "SN9"})).json()
+    collected = await stack.ok(
+        f"/pickups/{held.pickup_id}/collection", {"outcome": "collected", "clerk": "网点柜员"}
+    )
+    assert collected["status"] == "done"
+    (path, data), *_ = await stack.recorder.wait_for(1)
+    assert path == "/api/applications/APP-5/delivery"
+    outcome = DeliveryOutcome.model_validate(data)
+    assert (outcome.reference, outcome.kind.value) == (held.pickup_id, "delivered")
+    after = (await stack.http.get("/whereabouts", params={"serial": "SN9"})).json()
+    assert after != where  # the terminal left the warehouse with the merchant
+    cancel = await stack.post(f"/pickups/{held.pickup_id}/cancel", {"reason": "withdrawn"})
+    assert cancel.status_code == 409
+
+
+async def test_a_pick_up_cancelled_is_not_collected(stack: Stack) -> None:
+    body = {"application_id": "APP-6", "address": ADDR, "contact": "李四", "serials": ["SN8"]}
+    held = steps.PickUpBooked.model_validate(await stack.ok("/pickups", body))
+    undone = await stack.ok(f"/pickups/{held.pickup_id}/cancel", {"reason": "withdrawn"})
+    assert undone["reference"] == held.pickup_id
+    late = await stack.post(
+        f"/pickups/{held.pickup_id}/collection", {"outcome": "collected", "clerk": "网点柜员"}
+    )
+    assert late.status_code == 409
+
+
 async def test_idempotency_key_gives_one_shipment(stack: Stack) -> None:
     key = new_key()
     first = await stack.post("/shipments", _shipment_body(), key)

@@ -133,6 +133,101 @@ async def test_enterprise_on_site_with_deposit_goes_live(bench: Bench) -> None:
     await run.save_golden("enterprise_on_site_live")
 
 
+async def test_lakala_pick_up_at_a_branch_goes_live(bench: Bench) -> None:
+    """领取: the terminals wait at a branch; the merchant gets the branch and a code, collects,
+    and the contract carries Lakala's card rate."""
+    app = individual_application(
+        application_id=new_id(), channel=Channel.LAKALA, fulfilment=Fulfilment.PICK_UP
+    )
+    run = await bench.start(app)
+    await run.submit()
+    await run.decide(ReviewOutcome.APPROVED)
+    await run.sign_and_pay()
+    await run.delivery()
+    await run.activate_all()
+    await run.train()
+    outcome = await run.outcome()
+
+    assert outcome.stage is Stage.LIVE
+    names = bench.services.names()
+    assert act.BOOK_PICK_UP in names
+    assert act.CREATE_SHIPMENT not in names and act.BOOK_INSTALLATION not in names
+    status = await run.status()
+    assert status.pick_up is not None and status.pick_up.collected_at is not None
+    assert status.shipment is None and status.installation is None
+    (contract,) = bench.services.requests(act.ISSUE_CONTRACT)
+    assert str(contract.card_rate_percent) == "0.60" and str(contract.deposit_amount) == "99.00"
+    ready = bench.services.texts[bench.services.notices().index(Notice.PICK_UP_READY)]
+    (held,) = bench.services.requests(act.BOOK_PICK_UP)
+    assert held.serials == [t.serial for t in status.terminals]
+    assert "杭州服务网点" in ready and "取件码" in ready
+    assert not run.events(status, "notification_failed")
+    await run.save_golden("lakala_pick_up_live")
+
+
+async def test_a_pick_up_withdrawn_is_cancelled_at_the_branch(bench: Bench) -> None:
+    app = individual_application(
+        application_id=new_id(), channel=Channel.LAKALA, fulfilment=Fulfilment.PICK_UP
+    )
+    run = await bench.start(app)
+    await run.submit()
+    await run.decide(ReviewOutcome.APPROVED)
+    await run.sign_and_pay()
+    await run.until(lambda s: s.pick_up is not None, "held at the branch")
+    await run.cancel()
+    outcome = await run.outcome()
+
+    assert outcome.stage is Stage.CANCELLED
+    assert outcome.compensations[0] == "cancel_pick_up"
+    assert [r.pickup_id for r in bench.services.requests(act.CANCEL_PICK_UP)] == [
+        (await run.status()).pick_up.pickup_id  # type: ignore[union-attr]
+    ]
+
+
+async def test_alipay_training_declined_goes_live_after_activation(bench: Bench) -> None:
+    """Alipay's profile makes training optional (the set-up guide): a merchant who declines it
+    goes live after activation, with no training step at all."""
+    run = await bench.start(
+        individual_application(
+            application_id=new_id(), channel=Channel.ALIPAY, decline_training=True
+        )
+    )
+    await run.submit()
+    await run.decide(ReviewOutcome.APPROVED)
+    await run.sign_and_pay()
+    await run.delivery()
+    await run.activate_all()
+    outcome = await run.outcome()
+
+    assert outcome.stage is Stage.LIVE
+    assert act.SCHEDULE_TRAINING not in bench.services.names()
+    status = await run.status()
+    assert Stage.TRAINING.value not in [e.detail for e in run.events(status, "stage_entered")]
+    assert run.events(status, "training_declined")
+    (contract,) = bench.services.requests(act.ISSUE_CONTRACT)
+    assert str(contract.card_rate_percent) == "0.38"  # Alipay's rate, not the bank card rate
+
+
+async def test_tmall_training_is_booked_in_two_sessions(bench: Bench) -> None:
+    run = await bench.start(
+        individual_application(
+            application_id=new_id(), channel=Channel.TMALL, tmall_store="好运来旗舰店"
+        )
+    )
+    await run.submit()
+    await run.decide(ReviewOutcome.APPROVED)
+    await run.sign_and_pay()
+    await run.delivery()
+    await run.activate_all()
+    await run.train()
+    assert (await run.outcome()).stage is Stage.LIVE
+    (training,) = bench.services.requests(act.SCHEDULE_TRAINING)
+    assert training.sessions == 2
+    booked = bench.services.texts[bench.services.notices().index(Notice.TRAINING_BOOKED)]
+    assert "共2次" in booked
+    await run.save_golden("tmall_two_training_sessions_live")
+
+
 async def test_legacy_licence_needs_tax_and_organisation_code_certificates(bench: Bench) -> None:
     app = enterprise_application(legacy=True, application_id=new_id(), fulfilment=Fulfilment.MAIL)
     run = await bench.start(app)

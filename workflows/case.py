@@ -46,6 +46,7 @@ from schemas.status import (
     DocumentState,
     Installation,
     OnboardingStart,
+    PickUp,
     Projection,
     ProjectionReceipt,
     ReviewRound,
@@ -196,6 +197,7 @@ class Case:
     terminals: dict[str, Terminal] = field(default_factory=dict)
     shipment: Shipment | None = None
     installation: Installation | None = None
+    pick_up: PickUp | None = None
     delivery: DeliveryOutcome | None = None
     past_deliveries: list[str] = field(default_factory=list)  # shipments/appointments replaced
     training_session_id: str | None = None
@@ -431,6 +433,7 @@ class Case:
             terminals=list(self.terminals.values()),
             shipment=self.shipment,
             installation=self.installation,
+            pick_up=self.pick_up,
             training_session_id=self.training_session_id,
             attention=self.attention,
             withdrawal_reason=self.cancel.reason if self.cancel else None,
@@ -596,6 +599,8 @@ class Case:
     def delivery_reference(self) -> str | None:
         if self.shipment is not None:
             return self.shipment.shipment_id
+        if self.pick_up is not None:
+            return self.pick_up.pickup_id
         return self.installation.appointment_id if self.installation else None
 
     def check_activation(self, report: TerminalActivated) -> bool:

@@ -54,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         Installation,
         OnboardingStart,
         Outcome,
+        PickUp,
         ReviewRound,
         Shipment,
         Stage,
@@ -375,6 +376,7 @@ class PosOnboarding:
                     merchant_name=self.app.merchant.name,
                     channel=self.app.channel.value,
                     deposit_amount=self.policy.deposit_amount,
+                    card_rate_percent=self.policy.card_rate_percent,
                     device_model=self.app.device_order.model,
                     quantity=self.app.device_order.quantity,
                 ),
@@ -475,10 +477,17 @@ class PosOnboarding:
     async def deliver(self) -> None:
         case = self.case
         case.enter(Stage.DELIVERING)
-        on_site = self.app.fulfilment is Fulfilment.ON_SITE
-        allowed = (
-            self.policy.installation_deadline if on_site else self.policy.mail_delivery_deadline
-        )
+        fulfilment = self.app.fulfilment
+        allowed = {
+            Fulfilment.MAIL: self.policy.mail_delivery_deadline,
+            Fulfilment.ON_SITE: self.policy.installation_deadline,
+            Fulfilment.PICK_UP: self.policy.pick_up_deadline,
+        }[fulfilment]
+        chased = {
+            Fulfilment.MAIL: act.CREATE_SHIPMENT,
+            Fulfilment.ON_SITE: act.BOOK_INSTALLATION,
+            Fulfilment.PICK_UP: act.BOOK_PICK_UP,
+        }[fulfilment]
 
         def arrived() -> bool:
             return case.delivery is not None
@@ -491,7 +500,7 @@ class PosOnboarding:
             while not await self.wait(arrived, due) and not await self.pulled("logistics", arrived):
                 verb = await self.park(
                     AttentionKind.DELIVERY_OVERDUE,
-                    act.BOOK_INSTALLATION if on_site else act.CREATE_SHIPMENT,
+                    chased,
                     f"not delivered by {due.isoformat()}",
                     extendable=True,
                     resolved=arrived,
@@ -506,7 +515,9 @@ class PosOnboarding:
                 return
             # A failed delivery brings the terminals back to the warehouse: nothing to recall.
             case.undo = [
-                u for u in case.undo if u.label not in ("recall_shipment", "cancel_installation")
+                u
+                for u in case.undo
+                if u.label not in ("recall_shipment", "cancel_installation", "cancel_pick_up")
             ]
             await self.park(
                 AttentionKind.DELIVERY_FAILED,
@@ -522,7 +533,7 @@ class PosOnboarding:
         # What the last attempt dispatched is replaced: a late outcome for it is stale.
         if (earlier := case.delivery_reference) is not None:
             case.past_deliveries.append(earlier)
-            case.shipment = case.installation = None
+            case.shipment = case.installation = case.pick_up = None
         with case.step_creating("dispatch"):
             await self.dispatch_once(attempt, serials, address)
 
@@ -553,6 +564,31 @@ class PosOnboarding:
                 f"{shipped.carrier} {shipped.tracking_number}",
                 carrier=shipped.carrier,
                 tracking_number=shipped.tracking_number,
+            )
+        elif self.app.fulfilment is Fulfilment.PICK_UP:
+            held = await self.step(
+                act.BOOK_PICK_UP,
+                steps.BookPickUp(
+                    idempotency_key=case.key("book_pick_up", attempt),
+                    application_id=case.app_id,
+                    address=address,
+                    contact=self.app.contact.name,
+                    serials=serials,
+                ),
+                steps.PickUpBooked,
+            )
+            case.pick_up = PickUp(
+                pickup_id=held.pickup_id, branch=held.branch, ready_from=held.ready_from
+            )
+            self.on_undo_delivery("cancel_pick_up", attempt)
+            self.checkpoint()
+            case.event("pick_up_booked", f"{held.pickup_id} at {held.branch}", attempt=attempt)
+            await self.notify(
+                steps.Notice.PICK_UP_READY,
+                f"{held.pickup_id} at {held.branch}",
+                branch=held.branch,
+                ready_from=china_time(held.ready_from),
+                pickup_code=held.pickup_code,
             )
         else:
             booked = await self.step(
@@ -625,6 +661,16 @@ class PosOnboarding:
                         await arrange_return()
                 else:
                     await self.undo_step("recall_shipment", act.RECALL_SHIPMENT, recall)
+            elif case.pick_up is not None:
+                await self.undo_step(
+                    "cancel_pick_up",
+                    act.CANCEL_PICK_UP,
+                    steps.CancelPickUp(
+                        idempotency_key=case.key("cancel_pick_up", attempt),
+                        pickup_id=case.pick_up.pickup_id,
+                        **common,
+                    ),
+                )
             elif case.installation is not None:
                 await self.undo_step(
                     "cancel_installation",
@@ -725,6 +771,10 @@ class PosOnboarding:
 
     async def train(self) -> None:
         case = self.case
+        if not self.policy.training_required and self.app.decline_training:
+            # Optional on this channel (Alipay: the set-up guide), and the merchant declined it.
+            case.event("training_declined", "optional on this channel: declined by the merchant")
+            return
         started = workflow.now()
         deadline = started + self.policy.training_deadline
         case.enter(Stage.TRAINING, deadline)
@@ -737,6 +787,7 @@ class PosOnboarding:
                     merchant_name=self.app.merchant.name,
                     address=self.app.delivery_address(),
                     on_site=self.app.fulfilment is Fulfilment.ON_SITE,
+                    sessions=self.policy.training_sessions,
                 ),
                 steps.TrainingScheduled,
             )
@@ -759,7 +810,8 @@ class PosOnboarding:
             await self.notify(
                 steps.Notice.TRAINING_BOOKED,
                 scheduled.session_id,
-                appointment=china_time(scheduled.scheduled_for),
+                appointment=china_time(scheduled.scheduled_for)
+                + (f" 起，共{scheduled.sessions}次" if scheduled.sessions > 1 else ""),
             )
 
         def trained() -> bool:
@@ -1347,6 +1399,8 @@ class PosOnboarding:
             case.shipment.delivered_at = workflow.now()
         if outcome.kind is DeliveryOutcomeKind.INSTALLED and case.installation is not None:
             case.installation.installed_at = workflow.now()
+        if outcome.kind is DeliveryOutcomeKind.DELIVERED and case.pick_up is not None:
+            case.pick_up.collected_at = workflow.now()
         case.event(f"delivery_{outcome.kind.value}", outcome.reference, detail=outcome.detail)
         return case.acknowledge(outcome.event_id, outcome.kind.value)
 
