@@ -160,7 +160,12 @@ class DemoResult:
     seconds: float = 0.0
     years: int = 0
     merchants: list[MerchantWatch] = field(default_factory=list)
-    history_note: str = ""  # why history lengths could not be read, if they could not
+    history_note: str = ""
+    # Each application's channel, and the status of each that went live: how channels differ.
+    channels: dict[str, str] = field(default_factory=dict)
+    live: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # why history lengths could not be read, if they could not
 
 
 @dataclass(frozen=True)
@@ -192,7 +197,16 @@ def samples(count: int, seed: int) -> list[Sample]:
     result = []
     for n in range(count):
         s = seed + n
-        category = "prepaid_cards" if n % 20 == 19 else "jewelry" if n % 7 == 6 else "retail"
+        # A regulated category now and then: its industry licence is asked and filed.
+        category = (
+            "prepaid_cards"
+            if n % 20 == 19
+            else "jewelry"
+            if n % 7 == 6
+            else "food"
+            if n % 9 == 4
+            else "retail"
+        )
         kind = cohort(n)
         result.append(
             sample(
@@ -299,6 +313,7 @@ async def run_demo(
                 result.outcomes[status["stage"]] += 1
                 if status["stage"] == "live" and status.get("mid"):
                     mids[app_id] = status["mid"]
+                    result.live[app_id] = status
                 pending.discard(app_id)
 
         async def merchant(s: Sample) -> None:
@@ -321,6 +336,7 @@ async def run_demo(
                 except httpx.HTTPError as err:
                     watch.error = f"{type(err).__name__}: {err}"
 
+        result.channels = {s.application.application_id: s.application.channel.value for s in batch}
         await asyncio.gather(*(merchant(s) for s in batch))
         result.submitted = len(batch)
         result.supplemented = len(supplemented)
@@ -511,6 +527,61 @@ def _merchant_figures(watches: list[MerchantWatch]) -> list[tuple[str, str]]:
         ),
     ]
     return rows
+
+
+def channel_figures(result: DemoResult) -> dict[str, dict[str, str]]:
+    """What the applications that went live saw, per channel, read from their status: the
+    deposit and card rate on the contract, how the terminals came, the training, and the
+    industry licences filed."""
+    figures: dict[str, dict[str, str]] = {}
+    for channel in sorted(set(result.channels.values())):
+        live = [s for a, s in result.live.items() if result.channels[a] == channel]
+        fulfilment: Counter[str] = Counter()
+        training: Counter[str] = Counter()
+        for status in live:
+            fulfilment[
+                "pick-up"
+                if status.get("pick_up")
+                else "on site"
+                if status.get("installation")
+                else "mail"
+            ] += 1
+            events = {e["kind"]: e for e in status["timeline"]}
+            if "training_declined" in events:
+                training["declined"] += 1
+            elif (scheduled := events.get("training_scheduled")) is not None:
+                sessions = scheduled.get("data", {}).get("sessions", 1)
+                training[f"{sessions} session{'s' if sessions != 1 else ''}"] += 1
+
+        def counted(counter: Counter[str]) -> str:
+            return ", ".join(f"{k} {v}" for k, v in sorted(counter.items())) or "-"
+
+        figures[channel] = {
+            "live": f"{len(live)} of {sum(1 for c in result.channels.values() if c == channel)}",
+            "deposit": counted(Counter(s["contract"]["deposit_due"] for s in live)),
+            "card rate %": counted(
+                Counter(str(s["contract"].get("card_rate_percent") or "-") for s in live)
+            ),
+            "terminals by": counted(fulfilment),
+            "training": counted(training),
+            "industry licence": str(
+                sum("industry_licence" in s["documents"]["on_file"] for s in live)
+            ),
+        }
+    return figures
+
+
+def print_channel_summary(console: Console, result: DemoResult) -> None:
+    figures = channel_figures(result)
+    if not figures:
+        return
+    table = Table(title="the channels, as their profiles make them differ (live applications)")
+    columns = ["channel", *next(iter(figures.values()))]
+    for column in columns:
+        table.add_column(column)
+    for channel, row in figures.items():
+        table.add_row(channel, *row.values())
+    console.print(table)
 
 
 def print_merchant_summary(console: Console, result: DemoResult) -> None:

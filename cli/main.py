@@ -331,7 +331,7 @@ def demo(
     ] = 1,
 ) -> None:
     """Submit generated applications to a running stack (`posflow up`) and report how they end."""
-    from cli.demo import print_merchant_summary, run_demo
+    from cli.demo import print_channel_summary, print_merchant_summary, run_demo
 
     result = asyncio.run(run_demo(gateway_url, count, seed, timeout, years))
     table = Table(title=f"posflow demo: {result.submitted} applications in {result.seconds:.1f} s")
@@ -345,6 +345,7 @@ def demo(
     console.print(table)
     for app_id, stage in sorted(result.unfinished.items()):
         console.print(f"  {app_id} still in {stage}", highlight=False)
+    print_channel_summary(console, result)
     print_merchant_summary(console, result)
     if result.unfinished:
         raise typer.Exit(1)

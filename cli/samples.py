@@ -22,7 +22,7 @@ from schemas.application import (
     MerchantType,
     SettlementAccount,
 )
-from schemas.channels import profile_for
+from schemas.channels import TrainingNeed, profile_for
 from schemas.documents import Document, DocumentKind
 from schemas.identifiers import (
     DIVISION_CODES,
@@ -190,6 +190,10 @@ def sample(
         # A store name the sandbox Tmall platform knows (ending in 旗舰店): see the gateway.
         tmall_store=f"{name}旗舰店" if profile.documents.tmall_store else None,
         acquiring_bank=banks[seed % len(banks)] if banks else None,
+        # Where training is optional (Alipay), every other merchant declines it.
+        decline_training=True
+        if profile.training.need is TrainingNeed.OPTIONAL and seed % 2 == 0
+        else None,
     )
     card_number = rep_id if not bad_document else rep_id[:-1] + ("1" if rep_id[-1] != "1" else "2")
     documents = [

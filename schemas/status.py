@@ -114,6 +114,7 @@ class ContractState(Model):
     signing_url: str | None = None
     signed_at: datetime | None = None
     deposit_due: str = "0"
+    card_rate_percent: str | None = None  # 费率 on the contract (None: before it was shown)
     deposit_paid_at: datetime | None = None
     payment_reference: str | None = None
 

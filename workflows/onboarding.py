@@ -367,6 +367,7 @@ class PosOnboarding:
         deadline = started + self.policy.contract_deadline
         case.enter(Stage.CONTRACT, deadline)
         case.contract.deposit_due = str(self.policy.deposit_amount)
+        case.contract.card_rate_percent = str(self.policy.card_rate_percent)
         with case.step_creating("contract"):
             issued = await self.step(
                 act.ISSUE_CONTRACT,
@@ -804,7 +805,10 @@ class PosOnboarding:
         )
         self.checkpoint()
         case.event(
-            "training_scheduled", scheduled.session_id, at=scheduled.scheduled_for.isoformat()
+            "training_scheduled",
+            scheduled.session_id,
+            at=scheduled.scheduled_for.isoformat(),
+            sessions=scheduled.sessions,
         )
         if workflow.patched(NOTICES_PATCH):
             await self.notify(
