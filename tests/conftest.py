@@ -119,6 +119,8 @@ async def bench(env: WorkflowEnvironment, unit: timedelta) -> AsyncIterator[Benc
         bench = Bench(env, services, queue, unit)
         yield bench
         await bench.end_runs()
+    # Every notice a test's runs sent would have been accepted by the notification service.
+    assert services.refused_notices == []
 
 
 # The real stack, shared by the end-to-end and browser tests (started only when one asks for it).

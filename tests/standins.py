@@ -104,6 +104,8 @@ class StandIns:
     calls: list[Call] = field(default_factory=list)
     # Each notice as the merchant reads it, rendered by the notification service's own code.
     texts: list[str] = field(default_factory=list)
+    # Notices the notification service would have refused (422): none, in any test.
+    refused_notices: list[str] = field(default_factory=list)
     failures: dict[str, int] = field(default_factory=dict)  # name -> failures left, -1: always
     refusals: dict[str, str] = field(default_factory=dict)  # name -> the service's refusal code
     declines: int = 0  # how many test transactions to decline before approving
@@ -204,6 +206,7 @@ class StandIns:
             try:
                 s.texts.append(render(NoticeRequest.model_validate(body)))
             except ServiceError as err:
+                s.refused_notices.append(f"{r.notice}: {err.fields}")
                 raise ApplicationError(
                     f"notification refused: {err.fields}", type=err.error, non_retryable=True
                 ) from err

@@ -275,6 +275,8 @@ async def accounts(env: WorkflowEnvironment) -> AsyncIterator[Accounts]:
         for handle in bench.handles:
             with contextlib.suppress(RPCError):
                 await handle.terminate("test finished")
+    # Every notice an account sent would have been accepted by the notification service.
+    assert services.refused_notices == []
 
 
 # --- fees --------------------------------------------------------------------------------------

@@ -345,7 +345,9 @@ class MerchantAccount:
                 if await self.until(paid, bill.issued_at + offset, drainable=True):
                     break
                 bill.reminders_sent = index + 1
-                await self.notify(steps.Notice.FEE_REMINDER, self.bill_line(bill))
+                await self.notify(
+                    steps.Notice.FEE_REMINDER, self.bill_line(bill), **self.bill_fields(bill)
+                )
             if (
                 not paid()
                 and not bill.overdue
@@ -353,7 +355,9 @@ class MerchantAccount:
             ):
                 bill.overdue = True
                 self.event("fee_overdue", self.bill_line(bill), bill_id=bill.bill_id)
-                await self.notify(steps.Notice.FEE_OVERDUE, self.bill_line(bill))
+                await self.notify(
+                    steps.Notice.FEE_OVERDUE, self.bill_line(bill), **self.bill_fields(bill)
+                )
             if not paid() and SuspensionReason.FEES not in self.suspensions:
                 grace_end = bill.due_at + self.fees_policy.grace_period
                 if not await self.until(paid, grace_end, drainable=True):
@@ -406,10 +410,19 @@ class MerchantAccount:
             self.bills = self.bills[-KEPT_BILLS:]
         self.count("bills")
         self.event("bill_issued", f"{issued.bill_id}: {issued.amount}", bill_id=issued.bill_id)
-        await self.notify(steps.Notice.FEE_BILLED, f"{issued.amount} due by {_day(due_at)}")
+        await self.notify(
+            steps.Notice.FEE_BILLED,
+            f"{issued.amount} due by {_day(due_at)}",
+            amount=str(issued.amount),
+            due_date=_day(issued.due_at),
+        )
 
     def bill_line(self, bill: Bill) -> str:
         return f"bill {bill.bill_id}: {bill.amount} due by {_day(bill.due_at)}"
+
+    @staticmethod
+    def bill_fields(bill: Bill) -> dict[str, str]:
+        return {"amount": str(bill.amount), "due_date": _day(bill.due_at)}
 
     async def suspend(self, reason: SuspensionReason, detail: str) -> None:
         if not self.suspensions:
@@ -428,7 +441,9 @@ class MerchantAccount:
             self.state = AccountState.SUSPENDED
         self.suspensions.append(reason)
         self.event("suspended", f"{reason.value}: {detail}", reason=reason.value)
-        await self.notify(steps.Notice.SUSPENDED, f"{reason.value}: {detail}")
+        await self.notify(
+            steps.Notice.SUSPENDED, f"{reason.value}: {detail}", reason=SUSPENSION_REASONS[reason]
+        )
 
     async def reinstate(self, reason: SuspensionReason, detail: str) -> None:
         self.suspensions = [r for r in self.suspensions if r is not reason]
@@ -507,7 +522,12 @@ class MerchantAccount:
             )
         kind = "re-inspection" if reinspection else "inspection"
         self.event("inspection_booked", f"{kind} {booked.inspection_id}")
-        await self.notify(steps.Notice.INSPECTION_BOOKED, f"{kind} on {_day(booked.scheduled_for)}")
+        await self.notify(
+            steps.Notice.INSPECTION_BOOKED,
+            f"{kind} on {_day(booked.scheduled_for)}",
+            kind="复检" if reinspection else "巡检",
+            date=_day(booked.scheduled_for),
+        )
 
     async def inspected(self, inspection: Inspection) -> None:
         self.inspection = None
@@ -531,6 +551,8 @@ class MerchantAccount:
         await self.notify(
             steps.Notice.INSPECTION_FAILED,
             f"{findings}; re-inspection after {_day(self.remediation_until)}",
+            findings=findings,
+            remedy_by=_day(self.remediation_until),
         )
         if inspection.reinspection and SuspensionReason.INSPECTION not in self.suspensions:
             await self.suspend(
@@ -605,7 +627,10 @@ class MerchantAccount:
         await self.unbind(n, faulty, f"replaced by {replacement}")
         self.count("swaps")
         await self.notify(
-            steps.Notice.TERMINAL_REPLACED, f"{faulty.serial} replaced by {replacement}"
+            steps.Notice.TERMINAL_REPLACED,
+            f"{faulty.serial} replaced by {replacement}",
+            faulty_serial=faulty.serial,
+            replacement_serial=replacement,
         )
 
     async def add_terminals(self, request: Request, order: TerminalOrder) -> None:
@@ -634,7 +659,12 @@ class MerchantAccount:
         self.event("terminals_registered", ", ".join(serials))
         await self.bring_into_service(n, serials, order.fulfilment)
         self.count("terminals_added", len(serials))
-        await self.notify(steps.Notice.TERMINALS_ADDED, f"{len(serials)} x {order.model}")
+        await self.notify(
+            steps.Notice.TERMINALS_ADDED,
+            f"{len(serials)} x {order.model}",
+            count=str(len(serials)),
+            model=order.model,
+        )
 
     async def reserve(self, n: str, model: str, quantity: int) -> steps.TerminalsReserved:
         return await self.step(
@@ -840,7 +870,9 @@ class MerchantAccount:
                 reasons = "; ".join(decision.reasons)
                 self.count("rebindings_refused")
                 self.event("rebinding_refused", reasons, case_id=opened.case_id)
-                await self.notify(steps.Notice.REBINDING_REFUSED, reasons)
+                await self.notify(
+                    steps.Notice.REBINDING_REFUSED, reasons, reasons=reasons or "审核未通过"
+                )
                 return
         bound = await self.step(
             "requests",
@@ -871,7 +903,12 @@ class MerchantAccount:
         # The full number is not kept once bound: the request leaves the queue after this.
         self.count("rebindings")
         self.event("settlement_rebound", f"{account.bank_name} ****{last4}")
-        await self.notify(steps.Notice.SETTLEMENT_REBOUND, f"{account.bank_name} ****{last4}")
+        await self.notify(
+            steps.Notice.SETTLEMENT_REBOUND,
+            f"{account.bank_name} ****{last4}",
+            bank_name=account.bank_name,
+            account_last4=last4,
+        )
 
     # --- closure ----------------------------------------------------------------------------
 
@@ -950,7 +987,7 @@ class MerchantAccount:
         self.closed_at = workflow.now()
         self.suspensions = []
         self.event("closed", f"{cause.value}: {self.closure_reason}")
-        await self.notify(steps.Notice.CLOSED, self.closure_reason)
+        await self.notify(steps.Notice.CLOSED, self.closure_reason, reason=self.closure_reason)
         # A bill paid while the account closed is refunded too.
         refunded += await self.refunds()
         return MerchantOutcome(
@@ -1202,13 +1239,15 @@ class MerchantAccount:
         )
         return result
 
-    async def notify(self, notice: steps.Notice, detail: str = "") -> None:
-        """Tell the merchant, best effort."""
+    async def notify(self, notice: steps.Notice, detail: str = "", **fields: str) -> None:
+        """Tell the merchant, best effort; `fields` fill in the notice's template."""
         number = self.count("notices")
         try:
             await self.execute(
                 act.NOTIFY_MERCHANT,
-                steps.NotifyMerchant(**self.common("notify", number), notice=notice, detail=detail),
+                steps.NotifyMerchant(
+                    **self.common("notify", number), notice=notice, detail=detail, fields=fields
+                ),
                 steps.Notified,
             )
         except ActivityError as err:
@@ -1745,6 +1784,13 @@ class MerchantAccount:
     def _check_extend(self, action: AdminAction) -> None:
         if action.request_id not in self.acks:
             self.parked_on("extend", action)
+
+
+# What a suspension notice tells the merchant.
+SUSPENSION_REASONS = {
+    SuspensionReason.FEES: "费用逾期未缴",
+    SuspensionReason.INSPECTION: "巡检整改未通过",
+}
 
 
 def _day(moment: datetime) -> str:
