@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check --no-input
 PRODUCT := schemas workflows activities workers cli services gateway
 
-.PHONY: test test-local test-faults up lint fmt compile clean bench
+.PHONY: test test-local test-faults test-topology up lint fmt compile clean bench
 
 test: compile lint
 	$(BIN)/mypy
@@ -20,6 +20,12 @@ test-local: compile
 # Figures in artifacts/faults.json.
 test-faults: compile
 	$(BIN)/pytest -m faults
+
+# posflow as a cluster runs it, as processes (tests/test_topology.py, about 4 minutes): Debian's
+# PostgreSQL on loopback for the store, a dev server, three workers (one stopped midway), each
+# service in its own process and two gateways behind one round-robin address.
+test-topology: compile
+	$(BIN)/pytest -m topology
 
 up: compile
 	$(BIN)/posflow up

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 from pydantic import Field as PydanticField
-from sqlalchemy import Engine, delete, func, inspect, or_, text, update
+from sqlalchemy import Connection, Engine, delete, func, inspect, or_, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import defer
 from sqlmodel import Field, Session, SQLModel, col, select
@@ -27,7 +27,7 @@ from sqlmodel import Field, Session, SQLModel, col, select
 from schemas.application import Channel, MerchantType
 from schemas.merchant import AccountState, MerchantStatus, SuspensionReason, TerminalState
 from schemas.status import Projection, Stage
-from services.base import make_engine
+from services.base import lock_schema, make_engine
 from workers.logging import mask_text, masked
 
 # The stages of the process in the order an application goes through them: the funnel.
@@ -319,30 +319,33 @@ def _percentile(values: list[float], share: float) -> float:
 class Store:
     def __init__(self, database_url: str) -> None:
         self.engine: Engine = make_engine(database_url)
-        SQLModel.metadata.create_all(self.engine, tables=[t.__table__ for t in TABLES])  # type: ignore[attr-defined]
-        self._add_missing_columns()
+        # Gateways sharing one database may start at once: one creates or upgrades the tables
+        # while the others wait for it (`lock_schema`), then find them there.
+        with self.engine.begin() as connection:
+            lock_schema(connection)
+            SQLModel.metadata.create_all(connection, tables=[t.__table__ for t in TABLES])  # type: ignore[attr-defined]
+            self._add_missing_columns(connection)
 
-    def _add_missing_columns(self) -> None:
+    def _add_missing_columns(self, connection: Connection) -> None:
         """Columns added since a store was created are added to it (all of them have defaults or
         allow NULL), so an existing `.posflow/gateway.db` keeps working after an upgrade."""
-        inspector = inspect(self.engine)
-        with self.engine.begin() as connection:
-            for model in TABLES:
-                table = model.__table__  # type: ignore[attr-defined]
-                present = {c["name"] for c in inspector.get_columns(table.name)}
-                for column in table.columns:
-                    if column.name in present:
-                        continue
-                    kind = column.type.compile(dialect=self.engine.dialect)
-                    default = column.default.arg if column.default is not None else None
-                    literal = (
-                        f" NOT NULL DEFAULT {_sql_literal(default)}"
-                        if isinstance(default, str | int | bool) and not callable(default)
-                        else ""
-                    )
-                    connection.execute(
-                        text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{literal}')
-                    )
+        inspector = inspect(connection)
+        for model in TABLES:
+            table = model.__table__  # type: ignore[attr-defined]
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present:
+                    continue
+                kind = column.type.compile(dialect=self.engine.dialect)
+                default = column.default.arg if column.default is not None else None
+                literal = (
+                    f" NOT NULL DEFAULT {_sql_literal(default)}"
+                    if isinstance(default, str | int | bool) and not callable(default)
+                    else ""
+                )
+                connection.execute(
+                    text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{literal}')
+                )
 
     def session(self) -> Session:
         return Session(self.engine)
@@ -510,7 +513,7 @@ class Store:
                     col(ApplicationRecord.application_id) == term,
                     col(ApplicationRecord.workflow_id) == term,
                     col(ApplicationRecord.mid) == term,
-                    col(ApplicationRecord.merchant_name).like(pattern, escape="\\"),
+                    col(ApplicationRecord.merchant_name).ilike(pattern, escape="\\"),
                 )
             )
         for condition in conditions:
@@ -724,12 +727,18 @@ class Store:
             return {(source, outcome): int(n) for source, outcome, n in rows}
 
     def first_use_of(self, signature: str) -> bool:
-        """True the first time a signature is seen; False for a replay."""
+        """True the first time a signature is seen; False for a replay. The primary key decides:
+        of two gateways sharing the store that receive the same signed message at once, exactly
+        one gets True."""
         with self.session() as session:
             if session.get(SeenSignature, signature) is not None:
                 return False
             session.add(SeenSignature(signature=signature))
-            session.commit()
+            try:
+                session.commit()
+            except IntegrityError:  # another gateway (or request) took it first
+                session.rollback()
+                return False
             return True
 
     # --- merchants after go-live ------------------------------------------------------------
@@ -835,7 +844,7 @@ class Store:
                     col(row.mid) == term,
                     col(row.application_id) == term,
                     col(row.workflow_id) == term,
-                    col(row.merchant_name).like(pattern, escape="\\"),
+                    col(row.merchant_name).ilike(pattern, escape="\\"),
                 )
             )
         orders: dict[str, list[Any]] = {

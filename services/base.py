@@ -24,7 +24,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy import Engine, Table, event, inspect, text
+from sqlalchemy import Connection, Engine, Table, event, inspect, text
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
@@ -119,7 +119,48 @@ class Callback(SQLModel, table=True):
     recorded_at: datetime | None = Field(default_factory=lambda: datetime.now(UTC))
 
 
-def make_engine(url: str) -> Engine:
+def engine_url(url: str) -> str:
+    """A database URL as SQLAlchemy takes it: `postgres://` and `postgresql://` (what operators and
+    hosted databases hand out) mean the psycopg 3 driver posflow installs."""
+    for scheme in ("postgres://", "postgresql://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url.removeprefix(scheme)
+    return url
+
+
+# The key of the advisory lock a sandbox service's transaction takes before its first write on
+# PostgreSQL (`make_engine(single_writer=True)`).
+WRITER_LOCK = 0x706F73777269  # "poswri"
+_WRITES = ("INSERT", "UPDATE", "DELETE")
+
+
+def _one_writer_at_a_time(engine: Engine) -> None:
+    """SQLite's write discipline on PostgreSQL: a transaction's first INSERT, UPDATE or DELETE
+    first waits for the database's writer lock (an advisory lock held to the end of the
+    transaction), so writers take turns and each statement sees what the previous writer
+    committed. The sandbox services claim rows with conditional UPDATEs written for that
+    discipline (`services.device.reserve` picks terminals in stock in a subquery): under
+    PostgreSQL's row locks alone, two such UPDATEs at once would pick the same rows and the
+    second would find them gone rather than take the next ones. Reads never wait."""
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _take(connection: Any, cursor: Any, statement: str, _p: Any, _c: Any, _many: bool) -> None:
+        if connection.info.get("writer") or not statement.lstrip().upper().startswith(_WRITES):
+            return
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
+        connection.info["writer"] = True
+
+    @event.listens_for(engine, "commit")
+    @event.listens_for(engine, "rollback")
+    def _released(connection: Any) -> None:
+        connection.info.pop("writer", None)
+
+
+def make_engine(url: str, *, single_writer: bool = False) -> Engine:
+    """An engine for SQLite (the default: a file per role under POSFLOW_HOME) or PostgreSQL.
+    `single_writer`: on PostgreSQL too, one write transaction at a time (`_one_writer_at_a_time`),
+    as SQLite always does."""
+    url = engine_url(url)
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":
@@ -134,7 +175,41 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
+    if url.startswith(("postgresql:", "postgresql+")):
+        # Times are stored without a zone (`TIMESTAMP`), in UTC, on every database: the session
+        # zone is UTC so that an aware datetime is stored, compared and read back as UTC whatever
+        # the server's own `TimeZone` is.
+        engine = create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=10,
+            max_overflow=20,
+            connect_args={"options": "-c TimeZone=UTC"},
+        )
+        if single_writer:
+            _one_writer_at_a_time(engine)
+        return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+# The key of the PostgreSQL advisory lock held while a process creates or upgrades its tables:
+# processes sharing a database (two gateways, say) starting at once take turns instead of racing
+# each other's CREATE TABLE.
+SCHEMA_LOCK = 0x706F73666C6F77  # "posflow"
+
+
+def lock_schema(connection: Connection) -> None:
+    """Hold the schema lock until `connection`'s transaction ends (PostgreSQL; SQLite takes a
+    database lock for any write, so nothing to do there)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+
+
+def create_tables(engine: Engine, tables: Sequence[Table]) -> None:
+    """Create the tables missing from the database, one process at a time."""
+    with engine.begin() as connection:
+        lock_schema(connection)
+        SQLModel.metadata.create_all(connection, tables=list(tables))
 
 
 def fingerprint(payload: BaseModel | dict[str, Any]) -> str:
@@ -319,9 +394,9 @@ def create_service(
     background: Sequence[Callable[[Service], Coroutine[Any, Any, None]]] = (),
 ) -> Service:
     """A FastAPI app with the service's tables, JSON errors, simulated faults and the outbox."""
-    engine = make_engine(config.database_url)
+    engine = make_engine(config.database_url, single_writer=True)
     all_tables = [IdempotencyRecord.__table__, Callback.__table__, *(t.__table__ for t in tables)]  # type: ignore[attr-defined]
-    SQLModel.metadata.create_all(engine, tables=all_tables)
+    create_tables(engine, all_tables)
     upgrade_outbox(engine)
     holder: dict[str, Service] = {}
 
@@ -421,6 +496,9 @@ async def deliver_callbacks(service: Service, poll: float = 0.2) -> None:
                     .where(Callback.next_attempt_at <= now)
                     .order_by(Callback.id)  # type: ignore[arg-type]
                     .limit(OUTBOX_BATCH)
+                    # Two instances of a service sharing its database: each callback is sent by
+                    # the one that locked it (PostgreSQL; SQLite has one process per file).
+                    .with_for_update(skip_locked=True)
                 ).all()
                 # One application's callbacks go in order; different applications' go side by
                 # side, so one slow answer (the gateway may wait seconds for a workflow that
