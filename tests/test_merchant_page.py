@@ -161,8 +161,8 @@ async def test_the_page_shows_a_refused_document_and_accepts_the_corrected_one(
         await asyncio.sleep(0.1)
     assert stage != "collecting_documents"
     assert await page.get_by_test_id("supplement").count() == 0
-    if stage == "contract":  # caught before the sandbox signs it: the link to sign is there
-        assert await page.get_by_test_id("signing-link").count() == 1
+    # (The signing link is checked where the stage is held still: the sandbox signs at once,
+    # and the contract stage begins before the contract exists.)
     await shot(page, "moved-on")
     await context.close()
 
