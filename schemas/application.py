@@ -287,6 +287,8 @@ class Application(Model):
     # Where the channel's training is optional (Alipay: the set-up guide), the merchant may
     # decline it and go live after activation; a channel requiring it refuses this (422).
     decline_training: bool | None = None
+    # The merchant asks for a site survey (实地考察) whatever the risk rule says.
+    request_site_survey: bool | None = None
 
     @property
     def workflow_id(self) -> str:

@@ -428,6 +428,21 @@ async def test_review_sla_escalates_then_flags_at_the_hard_deadline(bench: Bench
     await run.save_golden("review_escalated")
 
 
+async def test_a_site_survey_the_merchant_asks_for_comes_whatever_the_risk(bench: Bench) -> None:
+    bench.services.risk = RiskLevel.LOW
+    run = await bench.start(
+        individual_application(application_id=new_id(), request_site_survey=True)
+    )
+    await run.submit()
+    status = await run.at(Stage.SITE_SURVEY)
+    assert status.review.risk_level is RiskLevel.LOW
+    await run.survey(passed=True)
+    await run.decide(ReviewOutcome.APPROVED)
+    status = await run.at(Stage.CONTRACT)
+    assert status.review.survey_passed is True
+    assert act.REQUEST_SITE_SURVEY in bench.services.names()
+
+
 async def test_site_survey_comes_before_the_decision(bench: Bench) -> None:
     bench.services.risk = RiskLevel.HIGH
     run = await bench.start()

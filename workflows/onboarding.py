@@ -216,8 +216,8 @@ class PosOnboarding:
             )
         self.checkpoint()
         case.event("review_opened", opened.case_id, round=case.round, risk=opened.risk_level.value)
-        if case.review.survey_passed is None and self.policy.requires_site_survey(
-            opened.risk_level
+        if case.review.survey_passed is None and (
+            self.policy.requires_site_survey(opened.risk_level) or self.app.request_site_survey
         ):
             await self.site_survey()
 

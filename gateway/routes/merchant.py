@@ -74,7 +74,7 @@ async def no_policy_unless_admin(request: Request, caller: MerchantOrAdmin) -> N
 
 # Application fields added later: left out of the fingerprint while absent, so an application
 # started before they existed is recognised when sent again.
-_LATER_FIELDS = ("tmall_store", "acquiring_bank", "decline_training")
+_LATER_FIELDS = ("tmall_store", "acquiring_bank", "decline_training", "request_site_survey")
 
 
 def fingerprint(application: Application, policy: Policy) -> str:
