@@ -30,9 +30,11 @@ test-topology: compile
 up: compile
 	$(BIN)/posflow up
 
-# How fast the operations list and overview answer with 5,000 applications (bench/README.md).
+# posflow against the engine's floor on a dev server of its own: throughput, cost per application,
+# callback latency, scale and replay (bench/README.md; `posflow bench --help` for smaller runs).
+# The list-latency benchmark that used to run here: `.venv/bin/python -m bench.list_latency`.
 bench: compile
-	$(BIN)/python -m bench.list_latency
+	$(BIN)/posflow bench
 
 # How long a bulk `posflow admin retry` of 100 parked cases takes, on a local dev server with the
 # gateway and the real CLI (bench/bulk_retry.py; about a minute; not part of `make test`).
