@@ -9,9 +9,12 @@ app's state (`gateway.resources`), the forwarding of messages to workflows is
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from gateway.forwarding import PENDING_DETAIL, Forwarded, Forwarder, answer
 from gateway.limits import BodyLimit, BodyTooLarge, excerpt, too_large_body, valid_id
 from gateway.merchants import MERCHANT_SOURCES, MerchantForwarder, audit_key, valid_mid
 from gateway.metrics import GatewayMetrics
+from gateway.orphans import sweep_forever
 from gateway.resources import SOURCES
 from gateway.routes import (
     admin,
@@ -79,7 +83,22 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        sweep = None
+        if settings.pending_sweep_seconds > 0:
+            sweep = asyncio.create_task(
+                sweep_forever(
+                    forwarder,
+                    client,
+                    every=timedelta(seconds=settings.pending_sweep_seconds),
+                    older_than=timedelta(seconds=settings.pending_sweep_after_seconds),
+                ),
+                name="pending sweep",
+            )
         yield
+        if sweep is not None:
+            sweep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweep
         await forwarder.close()
 
     app = FastAPI(

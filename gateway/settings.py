@@ -69,6 +69,10 @@ class GatewaySettings:
     # The merchant's documents wait for their validation result, at most this long (then 503).
     documents_wait_seconds: float = 30.0
     retry_after_seconds: int = 5  # the `Retry-After` of every 503
+    # How often the gateway looks for messages left pending by a gateway that stopped, and how
+    # old such a row must be (`gateway.orphans`); 0: never.
+    pending_sweep_seconds: float = 30.0
+    pending_sweep_after_seconds: float = 60.0
     max_body_bytes: int = MAX_BODY_BYTES
     # The API's own description (/docs, /openapi.json): served to viewers; False: not at all.
     api_docs: bool = True
@@ -132,6 +136,10 @@ class GatewaySettings:
             update_accept_seconds=_seconds("POSFLOW_GATEWAY_UPDATE_ACCEPT_SECONDS", 10.0),
             documents_wait_seconds=_seconds("POSFLOW_GATEWAY_DOCUMENTS_WAIT_SECONDS", 30.0),
             retry_after_seconds=max(1, round(_seconds("POSFLOW_GATEWAY_RETRY_AFTER_SECONDS", 5))),
+            pending_sweep_seconds=_seconds("POSFLOW_GATEWAY_PENDING_SWEEP_SECONDS", 30.0),
+            pending_sweep_after_seconds=_seconds(
+                "POSFLOW_GATEWAY_PENDING_SWEEP_AFTER_SECONDS", 60.0
+            ),
             api_docs=os.environ.get("POSFLOW_GATEWAY_API_DOCS", "1").strip().lower()
             not in ("0", "false", "no"),
         )

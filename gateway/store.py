@@ -671,6 +671,18 @@ class Store:
             )
             return list(session.exec(query.order_by(MessageRecord.id)).all())  # type: ignore[arg-type]
 
+    def pending_messages(self, before: datetime, limit: int = 100) -> list[MessageRecord]:
+        """Messages still pending that were received before `before`, oldest first."""
+        with self.session() as session:
+            query = (
+                select(MessageRecord)
+                .where(MessageRecord.outcome == "pending")
+                .where(col(MessageRecord.received_at) < before)
+                .order_by(col(MessageRecord.received_at))
+                .limit(limit)
+            )
+            return list(session.exec(query).all())
+
     def settle_message(
         self,
         application_id: str,

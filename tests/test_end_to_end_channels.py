@@ -146,6 +146,11 @@ async def test_each_channel_runs_as_its_profile_says(stack: Stack) -> None:
             *trained_notice,
             "went_live",
         ], where
+        if case.fulfilment is Fulfilment.PICK_UP:
+            # The merchant's page (the link in the notice) says where the terminals were held.
+            async with httpx.AsyncClient() as browser:
+                page = await browser.get(sent[-1]["text"].partition(" 查看进度：")[2])
+            assert "网点领取" in page.text and status["pick_up"]["branch"] in page.text
         for notice in sent:
             assert set(notice["fields"]) == set(TEMPLATES[notice["notice"]].fields)
             body = notice["text"].partition(" 查看进度：")[0]

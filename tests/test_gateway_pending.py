@@ -384,6 +384,64 @@ async def test_shutdown_stops_waiting_and_leaves_the_message_pending(
     assert [(r.outcome, r.detail) for r in rows] == [("pending", PENDING_DETAIL)]
 
 
+async def test_a_message_left_pending_by_a_stopped_gateway_is_settled_by_another(
+    env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    """Two gateways on one database: the one that took a pending message stops; the other's
+    sweep asks Temporal for the update by its id and records what became of it, once."""
+    queue = f"pending-sweep-{uuid.uuid4().hex[:8]}"
+    settings = GatewaySettings(
+        database_url=f"sqlite:///{tmp_path / 'gateway.db'}",
+        task_queue=queue,
+        update_wait_seconds=0.2,
+        pending_sweep_seconds=0,  # the first gateway never sweeps
+    )
+    first = gate_app(env, settings)
+    handle = await env.client.start_workflow(Gate.run, id="gate-O1", task_queue=queue)
+    Store(settings.database_url).record_application(
+        ApplicationRecord(
+            application_id="O1",
+            workflow_id="gate-O1",
+            channel="bank",
+            merchant_type="individual",
+            merchant_name="sweep test",
+            stage="testing",
+        )
+    )
+    async with Worker(env.client, task_queue=queue, workflows=[Gate]):
+        async with serving(first) as url, httpx.AsyncClient(base_url=url, timeout=20) as http:
+            pending = await http.post("/test/O1/ping", json={"event_id": "e1", "wait": True})
+            assert pending.status_code == 202
+        # The first gateway is gone, its wait with it; the message is safe in the workflow.
+        await handle.signal(Gate.release)
+        store = Store(settings.database_url)
+        for _ in range(100):
+            if await handle.query(Gate.applied_ids) == ["e1"]:
+                break
+            await asyncio.sleep(0.05)
+        assert [r.outcome for r in store.messages("O1")] == ["pending"]
+        second = gate_app(
+            env,
+            GatewaySettings(
+                database_url=settings.database_url,
+                task_queue=queue,
+                pending_sweep_seconds=0.2,
+                pending_sweep_after_seconds=0,
+            ),
+        )
+        async with serving(second):
+            for _ in range(100):
+                rows = store.messages("O1")
+                if rows[0].outcome != "pending":
+                    break
+                await asyncio.sleep(0.1)
+        await handle.signal(Gate.finish)
+        assert await handle.result() == ["e1"]
+    (row,) = store.messages("O1")
+    assert row.outcome == "applied" and row.settled_at is not None
+    assert row.detail.startswith("applied e1") and "sweep" in row.detail
+
+
 def test_store_settles_only_pending_rows_and_masks_the_detail(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'gateway.db'}")
     common = {"application_id": "A1", "source": "review", "kind": "review_decision"}
