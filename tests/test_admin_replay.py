@@ -297,7 +297,7 @@ def test_a_change_to_the_document_rules_changes_new_runs_only(
         "required_documents_v1",
         lambda app: [*frozen(app), DocumentKind.TAX_REGISTRATION],
     )
-    result = invoke("--file", str(GOLDEN_DIR / "individual_mail_live.json"), "--json")
+    result = invoke("--file", str(GOLDEN_DIR / "before_notices" / "individual_mail_live.json"), "--json")
     assert result.exit_code == 1, result.output
     [failed] = json.loads(result.stdout)["failures"]
     assert failed["kind"] == "nondeterminism"
@@ -314,7 +314,7 @@ def test_the_workflow_code_raising_is_shown_with_where_it_raised(
         raise LookupError("no rule for this merchant type")
 
     monkeypatch.setattr(workflows.case, "required_documents_v1", broken)
-    result = invoke("--file", str(GOLDEN_DIR / "rejected.json"), "--json")
+    result = invoke("--file", str(GOLDEN_DIR / "before_notices" / "rejected.json"), "--json")
     assert result.exit_code == 1, result.output
     [failed] = json.loads(result.stdout)["failures"]
     assert failed["kind"] == "workflow_error"

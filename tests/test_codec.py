@@ -370,7 +370,7 @@ def encrypt_history(history: WorkflowHistory, codec: EncryptionCodec, switch_at:
 
 
 async def test_golden_histories_replay_plain_and_encrypted_across_a_rotation() -> None:
-    path = GOLDEN / "individual_mail_live.json"
+    path = GOLDEN / "before_notices" / "individual_mail_live.json"  # recorded in plain
     plain = WorkflowHistory.from_json(f"pos-application-{path.stem}", path.read_text())
     before = ring("k1")
     after = before.rotated("k2")
