@@ -318,6 +318,12 @@ async def application(
             store.messages(application_id),
         )
     )
+    # What the page shows changes with a snapshot (its version) or a message: a refresh that
+    # finds both as they were is answered 204 without asking the workflow (a status query is a
+    # billable action and may replay the workflow on a worker that dropped it from its cache).
+    page_shows = f"{record.version if record else 0}:{len(kept)}"
+    if request.headers.get("X-Refresh") and request.headers.get("X-Shown") == page_shows:
+        return Response(status_code=204)
     status, unavailable = await status_of(request, application_id)
     if record is None and status is None:
         return render(request, "missing.html", viewer.role, 404, application_id=application_id)
@@ -339,6 +345,7 @@ async def application(
         ),
         done=shown(done, 300),
         now=now,
+        shown=page_shows,
     )
 
 

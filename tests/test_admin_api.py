@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -459,3 +460,36 @@ async def test_the_attention_page_lists_cases_and_admins_act_from_it(
     assert [(m["outcome"], m["source"], m["actor"], m["reason"]) for m in kept] == [
         ("applied", "admin", "admin", "merchant closed the shop")
     ]
+
+
+async def test_the_application_page_refreshes_without_a_query_while_nothing_changed(
+    admin_stack: AdminStack,
+) -> None:
+    """The page's own refresh says what it shows (snapshot version and messages): unchanged,
+    it is answered 204 and the workflow is not queried; after a change, the page comes anew."""
+    s = admin_stack
+    run = await s.start()
+    await run.submit()
+    app_id = run.app.application_id
+    async with httpx.AsyncClient(base_url=s.url, cookies={COOKIE: VIEWER}) as page:
+        # In review, waiting for a decision: nothing changes, so what the page shows holds.
+        for _ in range(100):
+            first = await page.get(f"/ui/applications/{app_id}")
+            shown = re.search(r'data-shown="([^"]+)"', first.text)
+            assert first.status_code == 200 and shown is not None
+            refresh = {"X-Refresh": "1", "X-Shown": shown.group(1)}
+            unchanged = await page.get(f"/ui/applications/{app_id}", headers=refresh)
+            if "in_review" in first.text and unchanged.status_code == 204:
+                break
+            await asyncio.sleep(0.1)
+        assert unchanged.status_code == 204 and unchanged.text == ""
+        await run.decide(ReviewOutcome.APPROVED)
+        for _ in range(100):
+            changed = await page.get(f"/ui/applications/{app_id}", headers=refresh)
+            if changed.status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert changed.status_code == 200 and 'data-shown="' in changed.text
+        assert f'data-shown="{shown.group(1)}"' not in changed.text
+        # Asked for without the page's own header (a person's reload), it always comes anew.
+        assert (await page.get(f"/ui/applications/{app_id}")).status_code == 200
