@@ -85,11 +85,6 @@ with workflow.unsafe.imports_passed_through():
 T = TypeVar("T", bound=BaseModel)
 Message = TypeVar("Message", bound=BaseModel)
 
-# Snapshots to the gateway and notices run as local activities (accounts started, or continued
-# as new, before this replay as they ran): over years of bills and inspections, a marker each
-# instead of three events and a workflow task.
-LOCAL_CALLS_PATCH = "merchant-snapshots-and-notices-as-local-activities"
-
 # How much of the account's past the record keeps (the full story is in the gateway's audit).
 KEPT_EVENTS = 200
 KEPT_ACKS = 1000
@@ -1244,48 +1239,11 @@ class MerchantAccount:
         )
         return result
 
-    async def short_call(
-        self,
-        name: str,
-        arg: BaseModel,
-        result_type: type[T],
-        attempts: int | None = None,
-        summary: str | None = None,
-    ) -> T:
-        """A snapshot or a notice: a local activity (with the patch), so it is one marker in the
-        history and shares its billable action with the other local calls of its workflow task;
-        before the patch, an activity as it was."""
-        retry = RetryPolicy(
-            initial_interval=self.policy.activity_retry_interval,
-            maximum_interval=self.policy.activity_retry_max_interval,
-            maximum_attempts=attempts or self.policy.activity_max_attempts,
-        )
-        timeout = self.policy.activity_timeout
-        if workflow.patched(LOCAL_CALLS_PATCH):
-            local: T = await workflow.execute_local_activity(
-                name,
-                arg,
-                result_type=result_type,
-                start_to_close_timeout=timeout,
-                retry_policy=retry,
-                summary=summary,
-            )
-            return local
-        result: T = await workflow.execute_activity(
-            name,
-            arg,
-            result_type=result_type,
-            start_to_close_timeout=timeout,
-            retry_policy=retry,
-            summary=summary,
-        )
-        return result
-
     async def notify(self, notice: steps.Notice, detail: str = "", **fields: str) -> None:
         """Tell the merchant, best effort; `fields` fill in the notice's template."""
         number = self.count("notices")
         try:
-            await self.short_call(
+            await self.execute(
                 act.NOTIFY_MERCHANT,
                 steps.NotifyMerchant(
                     **self.common("notify", number), notice=notice, detail=detail, fields=fields
@@ -1327,11 +1285,16 @@ class MerchantAccount:
             self.projecting = True
             self.version += 1
             try:
-                await self.short_call(
+                await workflow.execute_activity(
                     act.PROJECT_MERCHANT,
                     self.status(),
-                    ProjectionReceipt,
-                    attempts=PROJECTION_ATTEMPTS,
+                    result_type=ProjectionReceipt,
+                    start_to_close_timeout=self.policy.activity_timeout,
+                    retry_policy=RetryPolicy(
+                        initial_interval=self.policy.activity_retry_interval,
+                        maximum_interval=self.policy.activity_retry_max_interval,
+                        maximum_attempts=PROJECTION_ATTEMPTS,
+                    ),
                     summary=f"project {self.state.value}",
                 )
             except ActivityError as err:
