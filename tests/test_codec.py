@@ -88,8 +88,7 @@ def personal_data(app: Application) -> dict[str, str]:
 
 
 def by_design(path: str) -> bool:
-    """Payloads left in the clear on purpose: search attributes, headers, patch markers, local
-    activity markers' bookkeeping."""
+    """Payloads left in the clear on purpose: search attributes, headers, patch markers."""
     return unencrypted_by_design(path) is not None
 
 

@@ -326,10 +326,6 @@ UNENCRYPTED_BY_DESIGN = {
     ".search_attributes": "search attributes",
     ".header": "headers",
     ".details[patch-data]": "patch markers",
-    # A local activity's marker: the SDK's own bookkeeping (sequence, attempt, activity type and
-    # id, times), written by the SDK core without the codec; its result (`details[result]`) is
-    # encrypted like any other.
-    ".details[data]": "local activity markers",
 }
 
 

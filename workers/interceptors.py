@@ -20,7 +20,6 @@ from temporalio.worker import (
     ExecuteActivityInput,
     Interceptor,
     StartActivityInput,
-    StartLocalActivityInput,
     WorkflowInboundInterceptor,
     WorkflowInterceptorClassInput,
     WorkflowOutboundInterceptor,
@@ -53,13 +52,6 @@ class _StageHeader(WorkflowOutboundInterceptor):
             header = workflow.payload_converter().to_payloads([stage])[0]
             input.headers = {**input.headers, STAGE_HEADER: header}
         return super().start_activity(input)
-
-    def start_local_activity(self, input: StartLocalActivityInput) -> workflow.ActivityHandle[Any]:
-        stage = getattr(workflow.instance(), "stage", None)
-        if isinstance(stage, str):
-            header = workflow.payload_converter().to_payloads([stage])[0]
-            input.headers = {**input.headers, STAGE_HEADER: header}
-        return super().start_local_activity(input)
 
 
 class _BindActivityContext(ActivityInboundInterceptor):

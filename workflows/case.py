@@ -74,10 +74,7 @@ HANDOVER_PATCH = "hand-over-to-merchant-account"
 WORKING_DAYS_PATCH = "review-deadlines-in-working-days"
 # The notices that tell the merchant what to do next: the contract with its signing link (in
 # place of the bare approval), the installation, pick-up and training appointments, the
-# activation codes, and what was wrong with a submission. With them, status snapshots and
-# notices run as local activities: a marker each in the history instead of three events and a
-# workflow task, and all the local activities of one workflow task are one billable action
-# (Temporal Cloud) however many there are.
+# activation codes, and what was wrong with a submission.
 NOTICES_PATCH = "notices-with-next-steps"
 
 
@@ -372,32 +369,20 @@ class Case:
         self._projected = snapshot
         policy = self.start.policy
         self.projections = [h for h in self.projections if not h.done()]
-        # Bounded: a gateway that is down or refuses the worker's signature must not keep a
-        # finishing workflow open; the next snapshot carries the whole state anyway.
-        retry = RetryPolicy(
-            initial_interval=policy.activity_retry_interval,
-            maximum_interval=policy.activity_retry_max_interval,
-            maximum_attempts=PROJECTION_ATTEMPTS,
+        handle = workflow.start_activity(
+            catalog.PROJECT_STATUS,
+            snapshot,
+            result_type=ProjectionReceipt,
+            start_to_close_timeout=policy.activity_timeout,
+            # Bounded: a gateway that is down or refuses the worker's signature must not keep
+            # a finishing workflow open; the next snapshot carries the whole state anyway.
+            retry_policy=RetryPolicy(
+                initial_interval=policy.activity_retry_interval,
+                maximum_interval=policy.activity_retry_max_interval,
+                maximum_attempts=PROJECTION_ATTEMPTS,
+            ),
+            summary=f"project {self.stage.value}",
         )
-        handle: workflow.ActivityHandle[ProjectionReceipt]
-        if workflow.patched(NOTICES_PATCH):
-            handle = workflow.start_local_activity(
-                catalog.PROJECT_STATUS,
-                snapshot,
-                result_type=ProjectionReceipt,
-                start_to_close_timeout=policy.activity_timeout,
-                retry_policy=retry,
-                summary=f"project {self.stage.value}",
-            )
-        else:
-            handle = workflow.start_activity(
-                catalog.PROJECT_STATUS,
-                snapshot,
-                result_type=ProjectionReceipt,
-                start_to_close_timeout=policy.activity_timeout,
-                retry_policy=retry,
-                summary=f"project {self.stage.value}",
-            )
         handle.add_done_callback(self._projection_done)
         self.projections.append(handle)
 

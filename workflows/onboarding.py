@@ -1170,21 +1170,6 @@ class PosOnboarding:
         )
         return result
 
-    async def execute_local(self, name: str, arg: BaseModel, result_type: type[T]) -> T:
-        """Run a short call (a notice) as a local activity, with the same timeout and retries."""
-        result: T = await workflow.execute_local_activity(
-            name,
-            arg,
-            result_type=result_type,
-            start_to_close_timeout=self.policy.activity_timeout,
-            retry_policy=RetryPolicy(
-                initial_interval=self.policy.activity_retry_interval,
-                maximum_interval=self.policy.activity_retry_max_interval,
-                maximum_attempts=self.policy.activity_max_attempts,
-            ),
-        )
-        return result
-
     def on_undo(
         self,
         label: str,
@@ -1228,9 +1213,8 @@ class PosOnboarding:
         (services/notification.py); `detail` is what the timeline and the logs say."""
         case = self.case
         case.notices_sent += 1
-        run = self.execute_local if workflow.patched(NOTICES_PATCH) else self.execute
         try:
-            await run(
+            await self.execute(
                 act.NOTIFY_MERCHANT,
                 steps.NotifyMerchant(
                     idempotency_key=case.key("notify", case.notices_sent),
