@@ -13,6 +13,7 @@ from temporalio import activity
 
 from activities import catalog
 from activities.http import ServiceClient, path
+from activities.notifications import then_tell
 from schemas import steps
 
 
@@ -43,7 +44,10 @@ class ContractActivities:
     @activity.defn(name=catalog.ISSUE_CONTRACT)
     async def issue_contract(self, request: steps.IssueContract) -> steps.ContractIssued:
         issued = await self.client.send("/contracts", request, _Issued)
-        return steps.ContractIssued(contract_id=issued.contract_id, signing_url=issued.signing_url)
+        result = steps.ContractIssued(
+            contract_id=issued.contract_id, signing_url=issued.signing_url
+        )
+        return await then_tell(request, result)
 
     @activity.defn(name=catalog.VOID_CONTRACT)
     async def void_contract(self, request: steps.VoidContract) -> steps.Undone:

@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities import catalog
 from activities.http import ServiceClient, path, service_url
+from activities.notifications import then_tell
 from schemas import steps
 
 # The device service's route for each `ChangeAcquiring.action`.
@@ -93,12 +94,13 @@ class DeviceActivities:
     async def issue_activation_codes(
         self, request: steps.IssueActivationCodes
     ) -> steps.ActivationCodesIssued:
-        return await self.client.send(
+        issued = await self.client.send(
             "/activation-codes",
             request,
             steps.ActivationCodesIssued,
             fields=_fields(request, "application_id", "mid", "terminals"),
         )
+        return await then_tell(request, issued)
 
     @activity.defn(name=catalog.RUN_TEST_TRANSACTION)
     async def run_test_transaction(
@@ -113,12 +115,13 @@ class DeviceActivities:
 
     @activity.defn(name=catalog.ENABLE_ACQUIRING)
     async def enable_acquiring(self, request: steps.EnableAcquiring) -> steps.AcquiringEnabled:
-        return await self.client.send(
+        enabled = await self.client.send(
             path("merchants", request.mid, "acquiring"),
             request,
             steps.AcquiringEnabled,
             fields={"application_id", "tids"},
         )
+        return await then_tell(request, enabled)
 
     # --- after go-live: the merchant's account ---
 

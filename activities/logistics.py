@@ -16,6 +16,7 @@ from temporalio import activity
 
 from activities import catalog
 from activities.http import ServiceClient, path, service_url
+from activities.notifications import then_tell
 from schemas import steps
 
 
@@ -34,21 +35,24 @@ class LogisticsActivities:
 
     @activity.defn(name=catalog.CREATE_SHIPMENT)
     async def create_shipment(self, request: steps.CreateShipment) -> steps.ShipmentCreated:
-        return await self.client.send(
+        created = await self.client.send(
             "/shipments", request, steps.ShipmentCreated, fields=_fields(request)
         )
+        return await then_tell(request, created)
 
     @activity.defn(name=catalog.BOOK_INSTALLATION)
     async def book_installation(self, request: steps.BookInstallation) -> steps.InstallationBooked:
-        return await self.client.send(
+        booked = await self.client.send(
             "/installations", request, steps.InstallationBooked, fields=_fields(request)
         )
+        return await then_tell(request, booked)
 
     @activity.defn(name=catalog.BOOK_PICK_UP)
     async def book_pick_up(self, request: steps.BookPickUp) -> steps.PickUpBooked:
-        return await self.client.send(
+        held = await self.client.send(
             "/pickups", request, steps.PickUpBooked, fields=_fields(request)
         )
+        return await then_tell(request, held)
 
     @activity.defn(name=catalog.CANCEL_PICK_UP)
     async def cancel_pick_up(self, request: steps.CancelPickUp) -> steps.Undone:
@@ -85,9 +89,10 @@ class LogisticsActivities:
 
     @activity.defn(name=catalog.SCHEDULE_TRAINING)
     async def schedule_training(self, request: steps.ScheduleTraining) -> steps.TrainingScheduled:
-        return await self.client.send(
+        scheduled = await self.client.send(
             "/trainings", request, steps.TrainingScheduled, fields=_fields(request)
         )
+        return await then_tell(request, scheduled)
 
     @activity.defn(name=catalog.CANCEL_TRAINING)
     async def cancel_training(self, request: steps.CancelTraining) -> steps.Undone:

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
+from typing import TypeVar
 
 import httpx
 import structlog
@@ -32,8 +33,9 @@ from temporalio import activity
 from activities import catalog
 from activities.http import ServiceClient
 from activities.projection import gateway_url
+from schemas import steps
 from schemas.page_links import page_key, page_url
-from schemas.steps import Notified, NotifyMerchant
+from schemas.steps import Notice, Notified, NotifyMerchant
 from workers.config import signing_secret
 from workers.logging import mask_text
 
@@ -41,6 +43,7 @@ log = structlog.get_logger(__name__)
 
 SERVICE = "notification"
 URL_ENV = "POSFLOW_NOTIFICATION_URL"
+CHINA = timezone(timedelta(hours=8), "CST")
 PUBLIC_URL_ENV = "POSFLOW_PUBLIC_URL"
 
 
@@ -88,7 +91,7 @@ def _cut(value: str, limit: int = 500) -> str:
 
 def notice_body(request: NotifyMerchant, link: str) -> dict[str, object]:
     """What `POST /notices` gets: the step without its key, field values masked, the link."""
-    body = request.model_dump(mode="json", exclude={"idempotency_key", "contact"})
+    body = request.model_dump(mode="json", exclude={"idempotency_key", "contact", "then_notify"})
     body["fields"] = {name: _cut(mask_text(value)) for name, value in request.fields.items()}
     body["detail"] = mask_text(request.detail)
     body["link"] = link
@@ -99,6 +102,11 @@ def notice_body(request: NotifyMerchant, link: str) -> dict[str, object]:
 
 @activity.defn(name=catalog.NOTIFY_MERCHANT)
 async def notify_merchant(request: NotifyMerchant) -> Notified:
+    """The notice as an activity of its own (see `send_notice`)."""
+    return await send_notice(request)
+
+
+async def send_notice(request: NotifyMerchant) -> Notified:
     """Send the merchant a notice: `POST /notices` under the step's idempotency key, so a
     retried activity sends it once and gets the same id back. The service's refusal (a 4xx: an
     unknown notice, a missing field, a personal number in a field) is non-retryable; a 5xx or
@@ -171,3 +179,59 @@ async def register_contact(
     finally:
         if own:
             await client.aclose()
+
+
+# --- a notice sent by the step that causes it ---------------------------------------------------
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def china_time(moment: datetime) -> str:
+    """A moment as merchants read it: China time, to the minute (as the workflow writes it)."""
+    return moment.astimezone(CHINA).strftime("%Y-%m-%d %H:%M")
+
+
+def fields_from(notice: Notice, result: BaseModel) -> dict[str, str]:
+    """The notice's template fields that the step's answer gives (the rest come with it)."""
+    if isinstance(result, steps.ContractIssued):
+        return {"signing_link": result.signing_url}
+    if isinstance(result, steps.ShipmentCreated):
+        return {"carrier": result.carrier, "tracking_number": result.tracking_number}
+    if isinstance(result, steps.InstallationBooked):
+        return {"appointment": china_time(result.scheduled_for)}
+    if isinstance(result, steps.PickUpBooked):
+        return {
+            "branch": result.branch,
+            "ready_from": china_time(result.ready_from),
+            "pickup_code": result.pickup_code,
+        }
+    if isinstance(result, steps.ActivationCodesIssued):
+        return {"codes": "；".join(f"终端{c.serial[-4:]}：{c.code}" for c in result.codes)}
+    if isinstance(result, steps.TrainingScheduled):
+        more = f" 起，共{result.sessions}次" if result.sessions > 1 else ""
+        return {"appointment": china_time(result.scheduled_for) + more}
+    return {}
+
+
+async def then_tell(step: steps.Step, result: R) -> R:
+    """Send the notice the step causes (`Step.then_notify`), now that the service has done the
+    step, and say so in the result (`notified`). Best effort: a notice that cannot go out is
+    logged and left to the workflow, which sends it by itself under the same key (so it goes
+    out once even if this one did reach the service)."""
+    notice = step.then_notify
+    if notice is None or "notified" not in type(result).model_fields:
+        return result
+    request = notice.model_copy(
+        update={"fields": {**notice.fields, **fields_from(notice.notice, result)}}
+    )
+    try:
+        await send_notice(request)
+    except Exception as err:
+        log.warning(
+            "notice_left_to_the_workflow",
+            application_id=request.application_id,
+            notice=request.notice.value,
+            error=mask_text(str(err))[:300],
+        )
+        return result
+    return result.model_copy(update={"notified": True})

@@ -24,6 +24,11 @@ class Step(Model):
     # Set by the merchant workflow (after go-live): the service sends its callbacks for this step
     # to the merchant's routes (`/api/merchants/{mid}/...`) instead of the application's.
     merchant_id: str | None = None
+    # The notice this step causes, sent by the same activity once the service has done the step
+    # (its template's fields filled in from the service's answer): one activity instead of two.
+    # Never sent to the service. The result says `notified`; when it could not go out, the
+    # workflow sends the same notice (same key) as an activity of its own.
+    then_notify: NotifyMerchant | None = None
 
 
 # --- documents and notifications -------------------------------------------------------------
@@ -171,6 +176,7 @@ class IssueContract(Step):
 class ContractIssued(Model):
     contract_id: str
     signing_url: str
+    notified: bool = False  # the step's notice went out (`Step.then_notify`)
 
 
 class VoidContract(Step):
@@ -243,6 +249,7 @@ class ShipmentCreated(Model):
     shipment_id: str
     carrier: str
     tracking_number: str
+    notified: bool = False
 
 
 class BookInstallation(Step):
@@ -254,6 +261,7 @@ class BookInstallation(Step):
 class InstallationBooked(Model):
     appointment_id: str
     scheduled_for: datetime
+    notified: bool = False
 
 
 class RecallShipment(Step):
@@ -279,6 +287,7 @@ class PickUpBooked(Model):
     branch: str
     ready_from: datetime
     pickup_code: str  # six digits, for the merchant only (sent by notice)
+    notified: bool = False
 
 
 class CancelPickUp(Step):
@@ -321,6 +330,7 @@ class ActivationCode(Model):
 
 class ActivationCodesIssued(Model):
     codes: list[ActivationCode]
+    notified: bool = False
 
 
 class RunTestTransaction(Step):
@@ -347,6 +357,7 @@ class TrainingScheduled(Model):
     session_id: str
     scheduled_for: datetime  # the first session
     sessions: int = 1
+    notified: bool = False
 
 
 class CancelTraining(Step):
@@ -361,6 +372,7 @@ class EnableAcquiring(Step):
 
 class AcquiringEnabled(Model):
     enabled_at: datetime
+    notified: bool = False
 
 
 # --- after go-live: the merchant's account -----------------------------------------------------

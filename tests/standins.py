@@ -20,7 +20,7 @@ from temporalio.exceptions import ApplicationError
 from activities import catalog
 from activities.calendar import working_deadlines
 from activities.documents import validate_documents, validate_settlement
-from activities.notifications import notice_body
+from activities.notifications import fields_from, notice_body
 from schemas import steps
 from schemas.documents import ValidationReport
 from schemas.merchant import MerchantStatus
@@ -160,6 +160,37 @@ class StandIns:
             if c.name == catalog.NOTIFY_MERCHANT
         ]
 
+    def then_tell(self, request: Any, result: BaseModel) -> BaseModel:
+        """A step that carries its notice sends it, as the real activity does (`then_tell`):
+        recorded as a notice and rendered by the notification service's own code; a refused
+        one is left to the workflow (`notified` stays false), as a failed send would be."""
+        notice = getattr(request, "then_notify", None)
+        if notice is None or "notified" not in type(result).model_fields:
+            return result
+        filled = notice.model_copy(
+            update={"fields": {**notice.fields, **fields_from(notice.notice, result)}}
+        )
+        if self.failures.get(catalog.NOTIFY_MERCHANT):
+            return result
+        self.calls.append(Call(catalog.NOTIFY_MERCHANT, filled))
+        try:
+            self.render(filled)
+        except ApplicationError:
+            return result
+        return result.model_copy(update={"notified": True})
+
+    def render(self, r: steps.NotifyMerchant) -> None:
+        """Rendered with the notification service's templates and checks, from the body the
+        real activity sends: a notice that service would refuse (422) is refused here."""
+        body = notice_body(r, f"{PAGE_BASE}/m/{r.application_id}.0.test")
+        try:
+            self.texts.append(render(NoticeRequest.model_validate(body)))
+        except ServiceError as err:
+            self.refused_notices.append(f"{r.notice}: {err.fields}")
+            raise ApplicationError(
+                f"notification refused: {err.fields}", type=err.error, non_retryable=True
+            ) from err
+
     def requests(self, name: str) -> list[Any]:
         return [c.request for c in self.calls if c.name == name]
 
@@ -189,6 +220,7 @@ class StandIns:
                     s.started[name].set()
                     await gate.wait()
                 result = make(request, s._record(name, request))
+                result = s.then_tell(request, result)
                 if s.answering is not None:
                     await s.answering(name, request, result)
                 return result
@@ -200,16 +232,7 @@ class StandIns:
             return datetime.now(UTC)
 
         def rendered(r: steps.NotifyMerchant, n: int) -> steps.Notified:
-            """Rendered with the notification service's templates and checks, from the body the
-            real activity sends: a notice that service would refuse (422) is refused here."""
-            body = notice_body(r, f"{PAGE_BASE}/m/{r.application_id}.0.test")
-            try:
-                s.texts.append(render(NoticeRequest.model_validate(body)))
-            except ServiceError as err:
-                s.refused_notices.append(f"{r.notice}: {err.fields}")
-                raise ApplicationError(
-                    f"notification refused: {err.fields}", type=err.error, non_retryable=True
-                ) from err
+            s.render(r)
             return steps.Notified(notification_id=f"N{n}")
 
         def undone(r: Any, n: int) -> steps.Undone:

@@ -107,6 +107,29 @@ async def test_individual_by_mail_goes_live(bench: Bench) -> None:
     await run.save_golden("individual_mail_live")
 
 
+async def test_a_notice_its_step_could_not_send_is_sent_by_the_workflow_once(bench: Bench) -> None:
+    """A step carries its notice (one activity, not two); when the notice could not go out
+    with it, the workflow sends it itself, under the same key, so it goes out exactly once."""
+    run = await bench.start()
+    await run.submit()
+    await run.decide(ReviewOutcome.APPROVED)
+    await run.sign_and_pay()
+    await run.until(lambda s: s.stage is Stage.PREPARING_DEVICES, "contract done")
+    bench.services.fail(act.NOTIFY_MERCHANT, times=1)  # the notification service hiccups once
+    await run.delivery()
+    (shipment,) = bench.services.requests(act.CREATE_SHIPMENT)
+    carried = shipment.then_notify
+    assert carried is not None and carried.notice is Notice.SHIPPED
+    sent = [r for r in bench.services.requests(act.NOTIFY_MERCHANT) if r.notice is Notice.SHIPPED]
+    assert [r.idempotency_key for r in sent] == [carried.idempotency_key]
+    assert sent[0].fields["tracking_number"]  # filled in from the shipment, as the step would
+    status = await run.status()
+    assert not run.events(status, "notification_failed")
+    # The notices the steps carried went out with them: no activity of their own.
+    (contract,) = bench.services.requests(act.ISSUE_CONTRACT)
+    assert contract.then_notify is not None and contract.then_notify.notice is Notice.CONTRACT_READY
+
+
 async def test_enterprise_on_site_with_deposit_goes_live(bench: Bench) -> None:
     app = enterprise_application(application_id=new_id())  # bank channel: deposit due, 3 terminals
     run = await bench.start(app)

@@ -18,6 +18,7 @@ from temporalio.workflow import ParentClosePolicy
 with workflow.unsafe.imports_passed_through():
     from activities import catalog as act
     from activities.calendar import WORKING_DEADLINES, WorkingDeadlines, WorkingDeadlinesComputed
+    from activities.notifications import fields_from
     from schemas import steps
     from schemas.application import Address, Contact, Fulfilment
     from schemas.documents import (
@@ -368,6 +369,9 @@ class PosOnboarding:
         case.enter(Stage.CONTRACT, deadline)
         case.contract.deposit_due = str(self.policy.deposit_amount)
         case.contract.card_rate_percent = str(self.policy.card_rate_percent)
+        ready = self.step_notice(
+            steps.Notice.CONTRACT_READY, "contract to sign", deadline=china_time(deadline)
+        )
         with case.step_creating("contract"):
             issued = await self.step(
                 act.ISSUE_CONTRACT,
@@ -380,6 +384,7 @@ class PosOnboarding:
                     card_rate_percent=self.policy.card_rate_percent,
                     device_model=self.app.device_order.model,
                     quantity=self.app.device_order.quantity,
+                    then_notify=ready,
                 ),
                 steps.ContractIssued,
             )
@@ -398,13 +403,7 @@ class PosOnboarding:
         self.checkpoint()
         case.event("contract_issued", issued.contract_id)
         signing = {"signing_link": issued.signing_url}
-        if workflow.patched(NOTICES_PATCH):
-            await self.notify(
-                steps.Notice.CONTRACT_READY,
-                issued.contract_id,
-                signing_link=issued.signing_url,
-                deadline=china_time(deadline),
-            )
+        await self.told(ready, issued)
 
         def done() -> bool:
             return case.contract_done
@@ -541,6 +540,7 @@ class PosOnboarding:
     async def dispatch_once(self, attempt: int, serials: list[str], address: Address) -> None:
         case = self.case
         if self.app.fulfilment is Fulfilment.MAIL:
+            on_its_way = self.step_notice(steps.Notice.SHIPPED, f"shipment {attempt}")
             shipped = await self.step(
                 act.CREATE_SHIPMENT,
                 steps.CreateShipment(
@@ -549,6 +549,7 @@ class PosOnboarding:
                     address=address,
                     recipient=self.app.contact.name,
                     serials=serials,
+                    then_notify=on_its_way,
                 ),
                 steps.ShipmentCreated,
             )
@@ -560,13 +561,16 @@ class PosOnboarding:
             self.on_undo_delivery("recall_shipment", attempt)
             self.checkpoint()
             case.event("shipped", f"{shipped.carrier} {shipped.tracking_number}", attempt=attempt)
-            await self.notify(
-                steps.Notice.SHIPPED,
-                f"{shipped.carrier} {shipped.tracking_number}",
-                carrier=shipped.carrier,
-                tracking_number=shipped.tracking_number,
-            )
+            if on_its_way is None:  # before the notices patch: a notice of its own
+                await self.notify(
+                    steps.Notice.SHIPPED,
+                    f"{shipped.carrier} {shipped.tracking_number}",
+                    carrier=shipped.carrier,
+                    tracking_number=shipped.tracking_number,
+                )
+            await self.told(on_its_way, shipped)
         elif self.app.fulfilment is Fulfilment.PICK_UP:
+            collect = self.step_notice(steps.Notice.PICK_UP_READY, f"pick-up {attempt}")
             held = await self.step(
                 act.BOOK_PICK_UP,
                 steps.BookPickUp(
@@ -575,6 +579,7 @@ class PosOnboarding:
                     address=address,
                     contact=self.app.contact.name,
                     serials=serials,
+                    then_notify=collect,
                 ),
                 steps.PickUpBooked,
             )
@@ -584,14 +589,9 @@ class PosOnboarding:
             self.on_undo_delivery("cancel_pick_up", attempt)
             self.checkpoint()
             case.event("pick_up_booked", f"{held.pickup_id} at {held.branch}", attempt=attempt)
-            await self.notify(
-                steps.Notice.PICK_UP_READY,
-                f"{held.pickup_id} at {held.branch}",
-                branch=held.branch,
-                ready_from=china_time(held.ready_from),
-                pickup_code=held.pickup_code,
-            )
+            await self.told(collect, held)
         else:
+            visit = self.step_notice(steps.Notice.INSTALLATION_BOOKED, f"installation {attempt}")
             booked = await self.step(
                 act.BOOK_INSTALLATION,
                 steps.BookInstallation(
@@ -600,6 +600,7 @@ class PosOnboarding:
                     address=address,
                     contact=self.app.contact.name,
                     serials=serials,
+                    then_notify=visit,
                 ),
                 steps.InstallationBooked,
             )
@@ -609,12 +610,7 @@ class PosOnboarding:
             self.on_undo_delivery("cancel_installation", attempt)
             self.checkpoint()
             case.event("installation_booked", booked.appointment_id, attempt=attempt)
-            if workflow.patched(NOTICES_PATCH):
-                await self.notify(
-                    steps.Notice.INSTALLATION_BOOKED,
-                    booked.appointment_id,
-                    appointment=china_time(booked.scheduled_for),
-                )
+            await self.told(visit, booked)
 
     def on_undo_delivery(self, label: str, attempt: int) -> None:
         """Undoing a delivery depends on how far it got: recall, cancel, or fetch the devices."""
@@ -693,6 +689,8 @@ class PosOnboarding:
         deadline = started + self.policy.activation_deadline
         case.enter(Stage.ACTIVATING, deadline)
         assert case.mid is not None
+        # The codes go to the merchant only: the notice is the one place they are written.
+        codes_notice = self.step_notice(steps.Notice.ACTIVATION_CODES, "activation codes")
         with case.step_creating("activation_codes"):
             issued = await self.step(
                 act.ISSUE_ACTIVATION_CODES,
@@ -704,6 +702,7 @@ class PosOnboarding:
                         steps.TerminalIds(serial=t.serial, tid=t.tid or "")
                         for t in case.terminals.values()
                     ],
+                    then_notify=codes_notice,
                 ),
                 steps.ActivationCodesIssued,
             )
@@ -711,12 +710,7 @@ class PosOnboarding:
                 case.terminals[code.serial].activation_code_issued = True
         self.checkpoint()
         case.event("activation_codes_issued", count=len(issued.codes))
-        if workflow.patched(NOTICES_PATCH):
-            # The codes go to the merchant only: the notice is the one place they are written.
-            codes = "；".join(f"终端{c.serial[-4:]}：{c.code}" for c in issued.codes)
-            await self.notify(
-                steps.Notice.ACTIVATION_CODES, f"{len(issued.codes)} codes", codes=codes
-            )
+        await self.told(codes_notice, issued)
 
         def activated() -> bool:
             return case.all_activated
@@ -779,6 +773,7 @@ class PosOnboarding:
         started = workflow.now()
         deadline = started + self.policy.training_deadline
         case.enter(Stage.TRAINING, deadline)
+        booked = self.step_notice(steps.Notice.TRAINING_BOOKED, "training")
         with case.step_creating("training"):
             scheduled = await self.step(
                 act.SCHEDULE_TRAINING,
@@ -789,6 +784,7 @@ class PosOnboarding:
                     address=self.app.delivery_address(),
                     on_site=self.app.fulfilment is Fulfilment.ON_SITE,
                     sessions=self.policy.training_sessions,
+                    then_notify=booked,
                 ),
                 steps.TrainingScheduled,
             )
@@ -810,13 +806,7 @@ class PosOnboarding:
             at=scheduled.scheduled_for.isoformat(),
             sessions=scheduled.sessions,
         )
-        if workflow.patched(NOTICES_PATCH):
-            await self.notify(
-                steps.Notice.TRAINING_BOOKED,
-                scheduled.session_id,
-                appointment=china_time(scheduled.scheduled_for)
-                + (f" 起，共{scheduled.sessions}次" if scheduled.sessions > 1 else ""),
-            )
+        await self.told(booked, scheduled)
 
         def trained() -> bool:
             return case.training is not None
@@ -845,6 +835,7 @@ class PosOnboarding:
         case.enter(Stage.GOING_LIVE)
         assert case.mid is not None
         tids = [t.tid for t in case.terminals.values() if t.tid]
+        live = self.step_notice(steps.Notice.WENT_LIVE, f"MID {case.mid}", mid=case.mid)
         enabled = await self.step(
             act.ENABLE_ACQUIRING,
             steps.EnableAcquiring(
@@ -852,12 +843,15 @@ class PosOnboarding:
                 application_id=case.app_id,
                 mid=case.mid,
                 tids=tids,
+                then_notify=live,
             ),
             steps.AcquiringEnabled,
         )
         case.enter(Stage.LIVE)
         case.event("went_live", case.mid)
-        await self.notify(steps.Notice.WENT_LIVE, f"MID {case.mid}", mid=case.mid)
+        if live is None:  # before the notices patch: a notice of its own
+            await self.notify(steps.Notice.WENT_LIVE, f"MID {case.mid}", mid=case.mid)
+        await self.told(live, enabled)
         handed_over = None
         if workflow.patched(HANDOVER_PATCH):
             handed_over = await self.hand_over(enabled.enabled_at)
@@ -1211,24 +1205,48 @@ class PosOnboarding:
         """Tell the merchant, best effort: a notice that cannot go out must not hold up the case.
         `fields` (and `template`, the same as a dict) fill in the notice's template
         (services/notification.py); `detail` is what the timeline and the logs say."""
+        request = self.notice_request(notice, detail, {**(template or {}), **fields})
+        await self.send_notice(request.model_copy(update={"contact": contact}))
+
+    def notice_request(
+        self, notice: steps.Notice, detail: str, fields: dict[str, str]
+    ) -> steps.NotifyMerchant:
         case = self.case
         case.notices_sent += 1
+        return steps.NotifyMerchant(
+            idempotency_key=case.key("notify", case.notices_sent),
+            application_id=case.app_id,
+            notice=notice,
+            detail=detail,
+            fields=fields,
+        )
+
+    async def send_notice(self, request: steps.NotifyMerchant) -> None:
         try:
-            await self.execute(
-                act.NOTIFY_MERCHANT,
-                steps.NotifyMerchant(
-                    idempotency_key=case.key("notify", case.notices_sent),
-                    application_id=case.app_id,
-                    notice=notice,
-                    detail=detail,
-                    fields={**(template or {}), **fields},
-                    contact=contact,
-                ),
-                steps.Notified,
-            )
-            case.event("merchant_notified", notice.value)
+            await self.execute(act.NOTIFY_MERCHANT, request, steps.Notified)
+            self.case.event("merchant_notified", request.notice.value)
         except ActivityError as err:
-            case.event("notification_failed", f"{notice.value}: {failure_reason(err)}")
+            self.case.event("notification_failed", f"{request.notice.value}: {failure_reason(err)}")
+
+    def step_notice(
+        self, notice: steps.Notice, detail: str, **fields: str
+    ) -> steps.NotifyMerchant | None:
+        """The notice a step sends itself once the service has done it (`Step.then_notify`),
+        its other fields filled in from the service's answer; None before the notices patch."""
+        if not workflow.patched(NOTICES_PATCH):
+            return None
+        return self.notice_request(notice, detail, fields)
+
+    async def told(self, request: steps.NotifyMerchant | None, result: BaseModel) -> None:
+        """After a step that carried its notice: recorded when it went out, else sent now as an
+        activity of its own under the same key (the service sends it once either way)."""
+        if request is None:
+            return
+        if getattr(result, "notified", False):
+            self.case.event("merchant_notified", request.notice.value)
+            return
+        fields = {**request.fields, **fields_from(request.notice, result)}
+        await self.send_notice(request.model_copy(update={"fields": fields}))
 
     # --- messages from people and services ------------------------------------------------------
 
