@@ -247,7 +247,9 @@ def idempotent(
             headers={"Idempotent-Replay": "true"},
         )
     result = write()
-    body = result.model_dump(mode="json")
+    # `notified` is the worker's own mark on a step's result (the notice the step carried went
+    # out): a service never says it.
+    body = result.model_dump(mode="json", exclude={"notified"})
     if callable(status_code):
         status_code = status_code(result)
     session.add(
