@@ -14,23 +14,23 @@ DEFAULT_RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 
 
 def bench(
-    count: Annotated[int, typer.Option(min=1, help="Applications per throughput round.")] = 300,
+    count: Annotated[int, typer.Option(min=1, help="Applications per throughput round.")] = 40,
     rounds: Annotated[int, typer.Option(min=1, help="Rounds of posflow then the floor.")] = 3,
     open_: Annotated[
         int, typer.Option("--open", min=1, help="Open applications parked for the scale part.")
-    ] = 10_000,
+    ] = 1_000,
     skip_scale: Annotated[bool, typer.Option(help="Leave out the scale part.")] = False,
     bounded_cache: Annotated[
         int, typer.Option(min=1, help="The bounded workflow cache of the scale part.")
     ] = 100,
     paths: Annotated[
         int, typer.Option(min=1, help="Applications of each other path (cost only).")
-    ] = 5,
+    ] = 2,
     concurrency: Annotated[int, typer.Option(min=1, help="Driver requests in flight.")] = 32,
     out: Annotated[Path, typer.Option(help="Where the JSON results go.")] = DEFAULT_RESULTS,
 ) -> None:
     """Benchmark posflow against a minimal workflow of the same shape, on a dev server started
-    for the run (about 15 minutes with the defaults on 2 cores)."""
+    for the run (about 11 minutes with the defaults on 2 cores)."""
     from bench.harness.report import print_tables, write_json
     from bench.harness.run import Config, run
 
