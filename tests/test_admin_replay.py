@@ -297,7 +297,9 @@ def test_a_change_to_the_document_rules_changes_new_runs_only(
         "required_documents_v1",
         lambda app: [*frozen(app), DocumentKind.TAX_REGISTRATION],
     )
-    result = invoke("--file", str(GOLDEN_DIR / "before_notices" / "individual_mail_live.json"), "--json")
+    result = invoke(
+        "--file", str(GOLDEN_DIR / "before_notices" / "individual_mail_live.json"), "--json"
+    )
     assert result.exit_code == 1, result.output
     [failed] = json.loads(result.stdout)["failures"]
     assert failed["kind"] == "nondeterminism"
