@@ -53,7 +53,8 @@ def open_request(
 
 
 def body(request: steps.Step) -> dict[str, Any]:
-    return request.model_dump(mode="json", exclude={"idempotency_key"})
+    """The step as its activity sends it: without its key and the notice it carries."""
+    return request.model_dump(mode="json", exclude={"idempotency_key", "then_notify"})
 
 
 def app_id(bucket_zero: bool, start: int) -> str:
