@@ -42,7 +42,7 @@ from services.review import (
 )
 from services.stack import Served, serve, stop_all
 from tests.servers import free_port
-from workers.config import TemporalSettings
+from workers.config import TemporalSettings, role_environment
 from workers.dev_server import DevServer
 from workers.temporal import connect
 
@@ -279,12 +279,7 @@ class FaultStack:
         assert self.server is not None
         # Nothing of the outer environment's posflow or Temporal settings, but its payload key
         # ring: the worker must read what the tests' clients write.
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("POSFLOW_", "TEMPORAL_", "DATABASE_URL"))
-            or k.startswith("POSFLOW_KEYRING")
-        }
+        env = role_environment()
         env.update(
             {
                 "TEMPORAL_ADDRESS": self.server.address,

@@ -37,7 +37,7 @@ from gateway.app import SIGNERS
 from services.stack import Served, serve, stop_all
 from tests.faults_stack import AUTO_DELAY_MS, FaultStack, WorkerProcess
 from tests.servers import free_port
-from workers.config import TemporalSettings
+from workers.config import TemporalSettings, role_environment
 from workers.temporal import connect
 
 REPO = Path(__file__).resolve().parents[1]
@@ -290,12 +290,7 @@ class TopologyStack(FaultStack):
         """The outer environment without posflow's, Temporal's or a database's settings (the
         tests' payload key ring excepted), and what every role of this stack shares."""
         assert self.server is not None
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("POSFLOW_", "TEMPORAL_", "DATABASE_URL"))
-            or k.startswith("POSFLOW_KEYRING")
-        }
+        env = role_environment()
         env.update(
             {
                 "TEMPORAL_ADDRESS": self.server.address,

@@ -203,3 +203,15 @@ def signing_secret(signer: str) -> str:
     if held is not None and held.secrets.get(signer):
         return held.secrets[signer]
     return DEV_SECRET
+
+
+def role_environment() -> dict[str, str]:
+    """This process's environment for a posflow role started as a child process (tests, the
+    benchmark): without posflow's, Temporal's or a database's settings, which the caller sets
+    for the child, but with the payload key ring, so the child reads what this process writes."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("POSFLOW_", "TEMPORAL_", "DATABASE_URL"))
+        or k.startswith("POSFLOW_KEYRING")
+    }

@@ -27,7 +27,7 @@ from gateway.app import SIGNERS, GatewaySettings, create_app
 from services.base import Service, ServiceConfig
 from services.stack import Served, serve, stop_all
 from workers.codec import KEYRING_ENV, KeyRing
-from workers.config import TemporalSettings
+from workers.config import TemporalSettings, role_environment
 from workers.dev_server import DevServer
 from workers.temporal import connect
 
@@ -229,12 +229,7 @@ class Stack:
 
     def worker_env(self, queue: str) -> dict[str, str]:
         assert self.server is not None
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("POSFLOW_", "TEMPORAL_", "DATABASE_URL"))
-            or k.startswith("POSFLOW_KEYRING")
-        }
+        env = role_environment()
         env.update(
             {
                 "TEMPORAL_ADDRESS": self.server.address,
