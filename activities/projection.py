@@ -18,6 +18,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import catalog
+from activities.http import tls_context
 from schemas.merchant import MerchantStatus
 from schemas.status import Projection, ProjectionReceipt
 from services.signing import HEADER, sign
@@ -46,7 +47,10 @@ class ProjectionActivities:
     ) -> None:
         self.secret = secret or worker_secret()
         self._client = httpx.AsyncClient(
-            base_url=base_url or gateway_url(), transport=transport, timeout=10.0
+            base_url=base_url or gateway_url(),
+            transport=transport,
+            timeout=10.0,
+            verify=tls_context(),
         )
 
     async def aclose(self) -> None:
