@@ -342,24 +342,24 @@ def describe(event: HistoryEvent) -> str | None:
 
 
 def stage_at(history: WorkflowHistory, event_id: int) -> str | None:
-    """The application's stage (PosStage) as last set at or before `event_id`."""
+    """The application's stage as entered at or before `event_id`: from its PosStage upserts
+    and its activities' stage headers (`workers.admin.stage_entries`), else the search
+    attributes it started with."""
     from temporalio.converter import decode_typed_search_attributes
 
+    from workers.admin import stage_entries
     from workflows import search_attributes as sa
 
-    stage: str | None = None
-    for event in history.events:
-        if event.event_id > event_id:
-            break
+    events = list(history.events)
+    entered = [e for e in stage_entries(events) if e.entered_event_id <= event_id]
+    if entered:
+        return entered[-1].stage.value
+    for event in events[:1]:
         if event.HasField("workflow_execution_started_event_attributes"):
             fields = event.workflow_execution_started_event_attributes.search_attributes
-        elif event.HasField("upsert_workflow_search_attributes_event_attributes"):
-            fields = event.upsert_workflow_search_attributes_event_attributes.search_attributes
-        else:
-            continue
-        with contextlib.suppress(Exception):  # an attribute of another shape: not ours
-            stage = decode_typed_search_attributes(fields).get(sa.STAGE) or stage
-    return stage
+            with contextlib.suppress(Exception):  # an attribute of another shape: not ours
+                return decode_typed_search_attributes(fields).get(sa.STAGE)
+    return None
 
 
 def _event(history: WorkflowHistory, event_id: int) -> HistoryEvent | None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field
 
 from schemas.application import Address, Application, Contact, Model
 from schemas.documents import Document, FieldIssue
 from schemas.policy import RiskLevel
+from schemas.status import Projection
 
 
 class Step(Model):
@@ -29,6 +30,19 @@ class Step(Model):
     # Never sent to the service. The result says `notified`; when it could not go out, the
     # workflow sends the same notice (same key) as an activity of its own.
     then_notify: NotifyMerchant | None = None
+    # The gateway's snapshot of the application (its list pages), when it changed since the last
+    # one: delivered by the worker as the activity starts (`workers.interceptors.SnapshotCourier`)
+    # instead of by an activity of its own. Never sent to the service. The result says
+    # `projected`; when it could not go out, the workflow sends it as an activity of its own.
+    then_project: Projection | None = None
+    # What the worker carries with the step and never sends to the service.
+    CARRIED: ClassVar[frozenset[str]] = frozenset({"then_notify", "then_project"})
+
+
+class StepResult(Model):
+    """The answer of a step that can carry the gateway's snapshot (`Step.then_project`)."""
+
+    projected: bool = False  # the snapshot the step carried reached the gateway
 
 
 # --- documents and notifications -------------------------------------------------------------
@@ -88,7 +102,7 @@ class NotifyMerchant(Step):
     contact: Contact | None = None
 
 
-class Notified(Model):
+class Notified(StepResult):
     notification_id: str
 
 
@@ -131,7 +145,7 @@ class OpenReviewCase(Step):
     documents: list[Document]
 
 
-class ReviewCaseOpened(Model):
+class ReviewCaseOpened(StepResult):
     case_id: str
     risk_level: RiskLevel
 
@@ -141,7 +155,7 @@ class RequestSiteSurvey(Step):
     address: Address
 
 
-class SiteSurveyRequested(Model):
+class SiteSurveyRequested(StepResult):
     survey_id: str
 
 
@@ -152,7 +166,7 @@ class EscalateReview(Step):
     overdue_since: datetime
 
 
-class Escalated(Model):
+class Escalated(StepResult):
     escalation_id: str
 
 
@@ -173,7 +187,7 @@ class IssueContract(Step):
     card_rate_percent: Decimal = Decimal("0.60")  # the channel's card rate (费率), on the contract
 
 
-class ContractIssued(Model):
+class ContractIssued(StepResult):
     contract_id: str
     signing_url: str
     notified: bool = False  # the step's notice went out (`Step.then_notify`)
@@ -190,7 +204,7 @@ class RefundDeposit(Step):
     payment_reference: str
 
 
-class Refunded(Model):
+class Refunded(StepResult):
     refund_id: str
 
 
@@ -202,7 +216,7 @@ class ReserveTerminals(Step):
     quantity: int
 
 
-class TerminalsReserved(Model):
+class TerminalsReserved(StepResult):
     reservation_id: str
     serials: list[str]
 
@@ -224,7 +238,7 @@ class TerminalIds(Model):
     tid: str = Field(min_length=8, max_length=8)
 
 
-class TerminalsRegistered(Model):
+class TerminalsRegistered(StepResult):
     mid: str = Field(pattern=r"^\d{15}$")
     terminals: list[TerminalIds]
 
@@ -245,7 +259,7 @@ class CreateShipment(Step):
     serials: list[str]
 
 
-class ShipmentCreated(Model):
+class ShipmentCreated(StepResult):
     shipment_id: str
     carrier: str
     tracking_number: str
@@ -258,7 +272,7 @@ class BookInstallation(Step):
     serials: list[str]
 
 
-class InstallationBooked(Model):
+class InstallationBooked(StepResult):
     appointment_id: str
     scheduled_for: datetime
     notified: bool = False
@@ -282,7 +296,7 @@ class BookPickUp(Step):
     serials: list[str]
 
 
-class PickUpBooked(Model):
+class PickUpBooked(StepResult):
     pickup_id: str
     branch: str
     ready_from: datetime
@@ -303,12 +317,12 @@ class ArrangeReturn(Step):
     reason: str
 
 
-class ReturnArranged(Model):
+class ReturnArranged(StepResult):
     return_id: str
     tracking_number: str
 
 
-class Undone(Model):
+class Undone(StepResult):
     """Acknowledgement of a compensation: what the service did, in its own words."""
 
     reference: str
@@ -328,7 +342,7 @@ class ActivationCode(Model):
     code: str
 
 
-class ActivationCodesIssued(Model):
+class ActivationCodesIssued(StepResult):
     codes: list[ActivationCode]
     notified: bool = False
 
@@ -339,7 +353,7 @@ class RunTestTransaction(Step):
     tid: str
 
 
-class TestTransactionResult(Model):
+class TestTransactionResult(StepResult):
     serial: str
     approved: bool
     reference: str
@@ -353,7 +367,7 @@ class ScheduleTraining(Step):
     sessions: int = 1  # the channel's profile: one session or several
 
 
-class TrainingScheduled(Model):
+class TrainingScheduled(StepResult):
     session_id: str
     scheduled_for: datetime  # the first session
     sessions: int = 1
@@ -370,7 +384,7 @@ class EnableAcquiring(Step):
     tids: list[str]
 
 
-class AcquiringEnabled(Model):
+class AcquiringEnabled(StepResult):
     enabled_at: datetime
     notified: bool = False
 

@@ -247,9 +247,9 @@ def idempotent(
             headers={"Idempotent-Replay": "true"},
         )
     result = write()
-    # `notified` is the worker's own mark on a step's result (the notice the step carried went
-    # out): a service never says it.
-    body = result.model_dump(mode="json", exclude={"notified"})
+    # `notified` and `projected` are the worker's own marks on a step's result (the notice and
+    # the snapshot the step carried went out): a service never says them.
+    body = result.model_dump(mode="json", exclude={"notified", "projected"})
     if callable(status_code):
         status_code = status_code(result)
     session.add(

@@ -150,6 +150,18 @@ class Run:
         payload = raw.workflow_execution_info.search_attributes.indexed_fields.get(name)
         return json.loads(payload.data) if payload is not None and payload.data else None
 
+    async def written(self, name: str, expected: Any, within: float = 10.0) -> Any:
+        """A search attribute once the workflow has written `expected` (or what it holds after
+        `within` seconds): what changed is written in one upsert when the workflow next waits
+        for the world, after the step it may be running when its status already shows it."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + within
+        while True:
+            value = await self.search_attribute(name)
+            if value == expected or loop.time() >= give_up:
+                return value
+            await asyncio.sleep(0.05)
+
     async def outcome(self) -> Outcome:
         return await self.handle.result()
 

@@ -110,6 +110,7 @@ class StandIns:
     refusals: dict[str, str] = field(default_factory=dict)  # name -> the service's refusal code
     declines: int = 0  # how many test transactions to decline before approving
     projections: list[Projection] = field(default_factory=list)  # kept apart from `calls`
+    projection_failures: int = 0  # how many snapshot deliveries fail (the gateway is down)
     merchant_projections: list[MerchantStatus] = field(default_factory=list)
     # The TIDs handed out by swaps and added terminals (a swap that reissues retires the old one).
     tids: dict[str, str] = field(default_factory=dict)  # serial -> TID, as bound
@@ -258,6 +259,9 @@ class StandIns:
 
         @activity.defn(name=catalog.PROJECT_STATUS)
         async def project(snapshot: Projection) -> ProjectionReceipt:
+            if s.projection_failures:
+                s.projection_failures -= 1
+                raise ApplicationError("gateway unreachable: ConnectError")
             s.projections.append(snapshot)
             return ProjectionReceipt(applied=True, version=snapshot.version)
 

@@ -43,6 +43,7 @@ from tests.servers import serving
 from tests.standins import StandIns
 from tests.test_admin_reset import BrokenOnboarding
 from workers.temporal import INTERCEPTORS, build_worker, data_converter, register_search_attributes
+from workflows import search_attributes as sa
 from workflows.onboarding import PosOnboarding
 
 ADMIN, OPERATOR, VIEWER = "admin-api-admin", "admin-api-operator", "admin-api-viewer"
@@ -325,6 +326,8 @@ async def test_failed_and_terminated_workflows_are_listed_and_a_reset_goes_live(
             await failed.handle.result()
     stuck = await s.start()
     await stuck.to(Stage.IN_REVIEW)
+    # Visibility has the stage once the workflow waits for the review (after opening its case).
+    assert await stuck.written(sa.STAGE.name, "in_review") == "in_review"
     await stuck.handle.terminate(reason="stuck after a data fix, terminated by ops")
     failed_id, stuck_id = failed_app.application_id, stuck.app.application_id
 

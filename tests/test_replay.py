@@ -5,7 +5,9 @@ it with `workflow.patched`. Record the histories again with
 `POSFLOW_RECORD_GOLDEN=1 .venv/bin/pytest tests/test_workflow.py` only for a deliberate,
 compatible change, and keep the old ones that still run in production: `before_projection/`
 holds the histories of workflows started before snapshots went to the gateway, `before_notices/`
-those of workflows started before the notices told the merchant each next step.
+those of workflows started before the notices told the merchant each next step, and
+`before_riding/` those of workflows started before the gateway's snapshots rode with steps and
+search attributes were written once per wait.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ GOLDEN_DIR = Path(__file__).parent / "golden"
 GOLDEN = sorted(GOLDEN_DIR.rglob("*.json"))
 
 
-@pytest.mark.parametrize("generation", [".", "before_notices", "before_projection"])
+@pytest.mark.parametrize(
+    "generation", [".", "before_riding", "before_notices", "before_projection"]
+)
 def test_every_path_has_a_golden_history(generation: str) -> None:
     names = {path.stem for path in (GOLDEN_DIR / generation).glob("*.json")}
     expected = {

@@ -53,8 +53,8 @@ def open_request(
 
 
 def body(request: steps.Step) -> dict[str, Any]:
-    """The step as its activity sends it: without its key and the notice it carries."""
-    return request.model_dump(mode="json", exclude={"idempotency_key", "then_notify"})
+    """The step as its activity sends it: without its key and what the worker carries with it."""
+    return request.model_dump(mode="json", exclude={"idempotency_key", *steps.Step.CARRIED})
 
 
 def app_id(bucket_zero: bool, start: int) -> str:

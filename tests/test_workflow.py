@@ -367,8 +367,8 @@ async def test_two_resubmission_rounds_then_approval(bench: Bench) -> None:
     first_request = bench.services.texts[1]
     assert "需要补充材料：结算账户证明" in first_request
     assert "account proof is illegible" in first_request
+    assert await run.written(sa.STAGE.name, "contract") == "contract"
     assert await run.search_attribute(sa.REVIEW_ROUND.name) == 3
-    assert await run.search_attribute(sa.STAGE.name) == "contract"
     assert await run.search_attribute(sa.STAGE_DEADLINE.name) is not None
     await run.save_golden("two_rounds_then_approved")
 
@@ -638,8 +638,8 @@ async def test_failing_step_parks_and_retry_re_runs_it(bench: Bench) -> None:
     assert (await run.admin("retry", request_id="retry-2")).duplicate
     status = await run.at(Stage.DELIVERING)
     assert status.attention is None and status.mid is not None
+    assert await run.written(sa.STAGE.name, "delivering") == "delivering"
     assert await run.search_attribute(sa.NEEDS_ATTENTION.name) is False
-    assert await run.search_attribute(sa.STAGE.name) == "delivering"
     await run.save_golden("parked_then_retried")
 
 

@@ -19,6 +19,7 @@ from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import Client
 
 from schemas.status import Stage
+from workers.interceptors import STAGE_HEADER
 from workflows import search_attributes as sa
 
 
@@ -29,7 +30,9 @@ class ResetRefused(Exception):
 @dataclass(frozen=True)
 class ResetPoint:
     stage: Stage
-    entered_event_id: int  # the search-attribute upsert that records the stage's entry
+    # The first event that records the stage: its search-attribute upsert, or the first activity
+    # the stage scheduled (stamped with the stage in its header, `workers.interceptors`).
+    entered_event_id: int
     workflow_task_event_id: int  # the completed workflow task that entered it: the reset point
 
 
@@ -42,19 +45,33 @@ class ResetDone:
 
 
 def stage_entries(events: list[HistoryEvent]) -> list[ResetPoint]:
-    """Every entry into a stage in a history, oldest first, read from the `PosStage` upserts
-    (search attributes are never encrypted), with the workflow task that made each one."""
+    """Every entry into a stage in a history, oldest first, with the workflow task that made
+    each one. A stage is recorded by its `PosStage` upsert (search attributes are never
+    encrypted) and by the stage header of each activity it schedules (headers are not encoded
+    either). Since the `snapshots-ride-with-steps` patch the upsert waits until the workflow
+    next waits, after the stage's first steps: the first activity then tells the entry."""
     entries: list[ResetPoint] = []
+    current: Stage | None = None
     last_task = 0
     for event in events:
+        stage: Stage | None = None
+        task = last_task
         if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
             last_task = event.event_id
         elif event.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES:
             fields = event.upsert_workflow_search_attributes_event_attributes.search_attributes
             payload = fields.indexed_fields.get(sa.STAGE.name)
-            if payload is None or not payload.data:
-                continue
-            entries.append(ResetPoint(Stage(json.loads(payload.data)), event.event_id, last_task))
+            if payload is not None and payload.data:
+                stage = Stage(json.loads(payload.data))
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            scheduled = event.activity_task_scheduled_event_attributes
+            header = scheduled.header.fields.get(STAGE_HEADER)
+            if header is not None and header.metadata.get("encoding") == b"json/plain":
+                stage = Stage(json.loads(header.data))
+                task = scheduled.workflow_task_completed_event_id
+        if stage is not None and stage is not current:
+            entries.append(ResetPoint(stage, event.event_id, task))
+            current = stage
     return entries
 
 

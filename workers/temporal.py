@@ -23,7 +23,7 @@ from temporalio.worker import Replayer, Worker
 
 from workers.codec import EncryptionCodec, KeyRing
 from workers.config import TemporalSettings
-from workers.interceptors import LogContextInterceptor
+from workers.interceptors import LogContextInterceptor, SnapshotCourier
 from workers.logging import core_logging
 from workflows import search_attributes
 from workflows.merchant import MerchantAccount
@@ -151,12 +151,13 @@ async def register_search_attributes(
 def build_worker(
     client: Client, task_queue: str, activities: Sequence[Any], **tuning: Any
 ) -> Worker:
+    courier = SnapshotCourier.among(activities)
     return Worker(
         client,
         task_queue=task_queue,
         workflows=[PosOnboarding, MerchantAccount],
         activities=list(activities),
-        interceptors=INTERCEPTORS,
+        interceptors=[*INTERCEPTORS, *([courier] if courier else [])],
         **tuning,
     )
 

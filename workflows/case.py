@@ -76,6 +76,11 @@ WORKING_DAYS_PATCH = "review-deadlines-in-working-days"
 # place of the bare approval), the installation, pick-up and training appointments, the
 # activation codes, and what was wrong with a submission.
 NOTICES_PATCH = "notices-with-next-steps"
+# The gateway's snapshot rides with the next step the workflow starts (`Step.then_project`), the
+# worker delivering it as that activity starts; only a snapshot no step carries goes alone. The
+# search attributes that changed meanwhile are written in one upsert when the workflow next waits
+# for the world (a message, a deadline) rather than at each change.
+SNAPSHOT_RIDES_PATCH = "snapshots-ride-with-steps"
 
 
 def china_time(moment: datetime) -> str:
@@ -220,6 +225,16 @@ class Case:
     _published: dict[str, Any] = field(default_factory=dict)
     _projected: Projection | None = None
     projections: list[workflow.ActivityHandle[ProjectionReceipt]] = field(default_factory=list)
+    # The newest snapshot, not yet on its way: the next step started carries it, else the
+    # projector (`PosOnboarding.projector`) sends it alone before the workflow waits.
+    unsent: Projection | None = None
+    # Snapshots riding with steps still running, by version.
+    riding: set[int] = field(default_factory=set)
+    sent_alone: int = 0  # the newest version sent as an activity of its own
+    # Search attributes changed and not yet written, by name: written in one upsert when the
+    # workflow next waits with no step running (`write_attributes`).
+    pending_attributes: dict[str, SearchAttributeUpdate[Any]] = field(default_factory=dict)
+    stepping: int = 0  # activities started by `PosOnboarding.execute` and not yet done
 
     # --- the record ---------------------------------------------------------------------------
 
@@ -306,8 +321,17 @@ class Case:
                 Stage.CANCELLED, f"withdrawn by {self.cancel.requested_by}: {self.cancel.reason}"
             )
 
+    @property
+    def lean(self) -> bool:
+        """Snapshots ride with steps and search attributes are written once per wait."""
+        return workflow.patched(SNAPSHOT_RIDES_PATCH)
+
     def publish(self) -> None:
-        """Upsert the search attributes operators filter on, only those that changed."""
+        """Upsert the search attributes operators filter on, only those that changed, and send
+        the gateway its snapshot (`project`). Both wait for the workflow's next wait (`lean`):
+        the snapshot rides with the next step, the attributes are written together then.
+        While a step runs (and retries, until it is parked), the search attributes still show
+        the stage before it; the gateway's pages have the snapshot at once."""
         wanted: dict[str, Any] = {
             sa.STAGE.name: self.stage.value,
             sa.CHANNEL.name: self.start.application.channel.value,
@@ -323,9 +347,17 @@ class Case:
                 continue
             updates.append(key.value_unset() if value is None else key.value_set(value))
             self._published[key.name] = value
-        if updates:
+        if updates and self.lean:
+            self.pending_attributes.update({u.key.name: u for u in updates})
+        elif updates:
             workflow.upsert_search_attributes(updates)
         self.project()
+
+    def write_attributes(self) -> None:
+        """The search attributes changed since the last wait, in one upsert."""
+        if self.pending_attributes:
+            workflow.upsert_search_attributes(list(self.pending_attributes.values()))
+            self.pending_attributes = {}
 
     def projection(self, version: int) -> Projection:
         app = self.start.application
@@ -367,6 +399,14 @@ class Case:
         ):
             return
         self._projected = snapshot
+        if self.lean:
+            self.unsent = snapshot
+            return
+        self.send_alone(snapshot)
+
+    def send_alone(self, snapshot: Projection) -> None:
+        """The snapshot as an activity of its own (`project_status`)."""
+        self.sent_alone = max(self.sent_alone, snapshot.version)
         policy = self.start.policy
         self.projections = [h for h in self.projections if not h.done()]
         handle = workflow.start_activity(
@@ -386,6 +426,45 @@ class Case:
         handle.add_done_callback(self._projection_done)
         self.projections.append(handle)
 
+    def send_unsent(self) -> None:
+        if self.unsent is not None:
+            snapshot, self.unsent = self.unsent, None
+            self.send_alone(snapshot)
+
+    def carry(self, arg: Any, result_type: type[Any]) -> tuple[Any, Projection | None]:
+        """The step's input with the unsent snapshot riding on it, when the step can carry one
+        (a `Step` whose result says `projected`)."""
+        snapshot = self.unsent
+        if (
+            snapshot is None
+            or "then_project" not in getattr(type(arg), "model_fields", {})
+            or "projected" not in getattr(result_type, "model_fields", {})
+        ):
+            return arg, None
+        self.unsent = None
+        self.riding.add(snapshot.version)
+        return arg.model_copy(update={"then_project": snapshot}), snapshot
+
+    def carried(self, snapshot: Projection | None, result: Any) -> None:
+        """After a step that carried a snapshot: when it did not reach the gateway (the step
+        failed or was cancelled, or the worker could not deliver it), the newest snapshot is
+        unsent again, unless a newer one is already unsent, riding or sent. Only the record
+        changes here (the projector or the next step sends it): this also runs when a workflow
+        evicted from the cache is torn down."""
+        if snapshot is None:
+            return
+        self.riding.discard(snapshot.version)
+        if getattr(result, "projected", False):
+            return
+        newest = self._projected
+        if (
+            self.unsent is None
+            and newest is not None
+            and newest.version not in self.riding
+            and newest.version > self.sent_alone
+        ):
+            self.unsent = newest
+
     def _projection_done(self, handle: workflow.ActivityHandle[ProjectionReceipt]) -> None:
         """A snapshot given up on is logged, never raised: the list pages catch up on the next."""
         if not handle.cancelled() and (error := handle.exception()) is not None:
@@ -393,7 +472,7 @@ class Case:
 
     def projected(self) -> bool:
         """Every snapshot delivered: the workflow may end."""
-        return all(h.done() for h in self.projections)
+        return self.unsent is None and not self.riding and all(h.done() for h in self.projections)
 
     def outstanding(self) -> list[DocumentKind]:
         needed = {*self.required_at_start, *self.requested_documents}

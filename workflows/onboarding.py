@@ -98,6 +98,9 @@ def describe_issues(issues: list[FieldIssue]) -> str:
 
 
 Message = TypeVar("Message", bound=BaseModel)
+# How many times the projector lets the ready tasks run before it sends a snapshot alone: a
+# message's handler wakes the main task, which may start a step that carries the snapshot.
+PROJECTOR_YIELDS = 3
 
 
 @workflow.defn(name="PosOnboarding")
@@ -122,6 +125,17 @@ class PosOnboarding:
 
     @workflow.run
     async def run(self, start: OnboardingStart) -> Outcome:
+        projector = asyncio.create_task(self.projector())
+        try:
+            return await self.onboard()
+        except Exception:
+            # The workflow fails (a bad deploy): operators still find it where it stood.
+            self.case.write_attributes()
+            raise
+        finally:
+            projector.cancel()
+
+    async def onboard(self) -> Outcome:
         if workflow.patched(NOTICES_PATCH):
             # The application code, and where notices go from now on: sent aside, so a slow
             # notification service never delays the case.
@@ -1150,19 +1164,45 @@ class PosOnboarding:
                     return False
 
     async def execute(self, name: str, arg: BaseModel, result_type: type[T]) -> T:
-        """Run an activity with the policy's timeout and retries (the one place they are set)."""
-        result: T = await workflow.execute_activity(
-            name,
-            arg,
-            result_type=result_type,
-            start_to_close_timeout=self.policy.activity_timeout,
-            retry_policy=RetryPolicy(
-                initial_interval=self.policy.activity_retry_interval,
-                maximum_interval=self.policy.activity_retry_max_interval,
-                maximum_attempts=self.policy.activity_max_attempts,
-            ),
-        )
+        """Run an activity with the policy's timeout and retries (the one place they are set),
+        carrying the gateway's unsent snapshot when it can (`Case.carry`)."""
+        arg, snapshot = self.case.carry(arg, result_type)
+        result: T | None = None
+        self.case.stepping += 1
+        try:
+            result = await workflow.execute_activity(
+                name,
+                arg,
+                result_type=result_type,
+                start_to_close_timeout=self.policy.activity_timeout,
+                retry_policy=RetryPolicy(
+                    initial_interval=self.policy.activity_retry_interval,
+                    maximum_interval=self.policy.activity_retry_max_interval,
+                    maximum_attempts=self.policy.activity_max_attempts,
+                ),
+            )
+        finally:
+            self.case.stepping -= 1
+            self.case.carried(snapshot, result)
         return result
+
+    async def projector(self) -> None:
+        """Before the workflow waits for the world: write the search attributes that changed
+        and send alone the snapshot no step carried. It wakes when a snapshot is unsent, or
+        attributes are pending with no step running, then lets every task that is ready run
+        first (one of them may be about to start a step that carries the snapshot)."""
+        case = self.case
+        while True:
+            await workflow.wait_condition(
+                lambda: (
+                    case.unsent is not None or bool(case.pending_attributes and not case.stepping)
+                )
+            )
+            for _ in range(PROJECTOR_YIELDS):
+                await asyncio.sleep(0)
+            if case.unsent is not None or not case.stepping:
+                case.write_attributes()
+            case.send_unsent()
 
     def on_undo(
         self,
