@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date
 from enum import StrEnum
+from types import MappingProxyType
 
 from pydantic import Field, model_validator
 
@@ -23,16 +25,18 @@ class DocumentKind(StrEnum):
 
 
 # What merchants call each document: the names notices and the merchant page use.
-DOCUMENT_NAMES: dict[DocumentKind, str] = {
-    DocumentKind.IDENTITY_CARD: "法定代表人身份证",
-    DocumentKind.PASSPORT: "法定代表人护照",
-    DocumentKind.BUSINESS_LICENCE: "营业执照",
-    DocumentKind.TAX_REGISTRATION: "税务登记证",
-    DocumentKind.ORGANISATION_CODE: "组织机构代码证",
-    DocumentKind.BANK_ACCOUNT_PROOF: "结算账户证明",
-    DocumentKind.PREMISES_PHOTOS: "经营场所照片",
-    DocumentKind.INDUSTRY_LICENCE: "相关行业经营许可证",
-}
+DOCUMENT_NAMES: Mapping[DocumentKind, str] = MappingProxyType(
+    {
+        DocumentKind.IDENTITY_CARD: "法定代表人身份证",
+        DocumentKind.PASSPORT: "法定代表人护照",
+        DocumentKind.BUSINESS_LICENCE: "营业执照",
+        DocumentKind.TAX_REGISTRATION: "税务登记证",
+        DocumentKind.ORGANISATION_CODE: "组织机构代码证",
+        DocumentKind.BANK_ACCOUNT_PROOF: "结算账户证明",
+        DocumentKind.PREMISES_PHOTOS: "经营场所照片",
+        DocumentKind.INDUSTRY_LICENCE: "相关行业经营许可证",
+    }
+)
 
 
 def document_names(kinds: list[DocumentKind]) -> str:

@@ -20,6 +20,7 @@ from temporalio.converter import DataConverter, DefaultFailureConverterWithEncod
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 from temporalio.worker import Replayer, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from workers.codec import EncryptionCodec, KeyRing
 from workers.config import TemporalSettings
@@ -148,6 +149,17 @@ async def register_search_attributes(
     return sorted(missing)
 
 
+def workflow_runner() -> SandboxedWorkflowRunner:
+    """The workflow sandbox with every module passed through: the SDK's runtime restrictions
+    (the clock, randomness, I/O) still apply to workflow code, but a workflow run no longer
+    imports the workflow modules again. That import was most of the CPU a workflow took to be
+    created and of the memory it held in the worker's cache (`posflow bench`). It asks that
+    workflow modules keep no mutable state at module level (`tests/test_workflow_modules.py`)."""
+    return SandboxedWorkflowRunner(
+        restrictions=SandboxRestrictions.default.with_passthrough_all_modules()
+    )
+
+
 def build_worker(
     client: Client, task_queue: str, activities: Sequence[Any], **tuning: Any
 ) -> Worker:
@@ -156,6 +168,7 @@ def build_worker(
         client,
         task_queue=task_queue,
         workflows=[PosOnboarding, MerchantAccount],
+        workflow_runner=workflow_runner(),
         activities=list(activities),
         interceptors=[*INTERCEPTORS, *([courier] if courier else [])],
         **tuning,
@@ -167,6 +180,7 @@ def build_replayer(converter: DataConverter | None = None) -> Replayer:
     reads histories written before the codec existed as well as encrypted ones."""
     return Replayer(
         workflows=[PosOnboarding, MerchantAccount],
+        workflow_runner=workflow_runner(),
         data_converter=converter or data_converter(),
         interceptors=INTERCEPTORS,
     )

@@ -98,16 +98,18 @@ PROJECTION_ATTEMPTS = 30
 CHINA = timezone(timedelta(hours=8), "CST")
 
 # Stages in which a withdrawal is still possible (go-live is the point of no return).
-WITHDRAWABLE = {
-    Stage.COLLECTING_DOCUMENTS,
-    Stage.SITE_SURVEY,
-    Stage.IN_REVIEW,
-    Stage.CONTRACT,
-    Stage.PREPARING_DEVICES,
-    Stage.DELIVERING,
-    Stage.ACTIVATING,
-    Stage.TRAINING,
-}
+WITHDRAWABLE = frozenset(
+    {
+        Stage.COLLECTING_DOCUMENTS,
+        Stage.SITE_SURVEY,
+        Stage.IN_REVIEW,
+        Stage.CONTRACT,
+        Stage.PREPARING_DEVICES,
+        Stage.DELIVERING,
+        Stage.ACTIVATING,
+        Stage.TRAINING,
+    }
+)
 
 
 Message = TypeVar("Message", bound=BaseModel)

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -1787,10 +1788,9 @@ class MerchantAccount:
 
 
 # What a suspension notice tells the merchant.
-SUSPENSION_REASONS = {
-    SuspensionReason.FEES: "费用逾期未缴",
-    SuspensionReason.INSPECTION: "巡检整改未通过",
-}
+SUSPENSION_REASONS = MappingProxyType(
+    {SuspensionReason.FEES: "费用逾期未缴", SuspensionReason.INSPECTION: "巡检整改未通过"}
+)
 
 
 def _day(moment: datetime) -> str:
