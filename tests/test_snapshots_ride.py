@@ -104,3 +104,16 @@ async def test_visibility_has_the_stage_once_its_first_steps_are_done(bench: Ben
     assert await run.written(sa.STAGE.name, "delivering") == "delivering"
     assert bench.services.latest_projection(run.app.application_id).stage is Stage.DELIVERING
     assert await run.search_attribute(sa.STAGE_DEADLINE.name) is not None
+
+
+async def test_a_case_that_ends_before_going_live_ends_in_visibility_too(bench: Bench) -> None:
+    """The last stage's attributes are written before the workflow completes, even when its
+    snapshot rode with the last notice and nothing was left for the projector to send."""
+    run = await bench.start()
+    await run.submit()
+    await run.cancel()
+    outcome = await run.outcome()
+
+    assert outcome.stage is Stage.CANCELLED
+    assert await run.search_attribute(sa.STAGE.name) == "cancelled"
+    assert bench.services.latest_projection(run.app.application_id).stage is Stage.CANCELLED

@@ -474,7 +474,12 @@ class Case:
 
     def projected(self) -> bool:
         """Every snapshot delivered: the workflow may end."""
-        return self.unsent is None and not self.riding and all(h.done() for h in self.projections)
+        return (
+            self.unsent is None
+            and not self.pending_attributes
+            and not self.riding
+            and all(h.done() for h in self.projections)
+        )
 
     def outstanding(self) -> list[DocumentKind]:
         needed = {*self.required_at_start, *self.requested_documents}
