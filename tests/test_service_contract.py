@@ -26,7 +26,8 @@ from schemas import steps
 from schemas.merchant import FeePaid
 from schemas.messages import ContractEvent, ContractEventKind
 from services.base import Callback, Service, ServiceConfig, ServiceError
-from services.contract import Agreement, auto_pay_due, auto_pay_settings, build, sign
+from services.contract import Agreement, auto_pay_due, auto_pay_settings, build, new_id, sign
+from services.notification import personal_number
 from tests.servers import CallbackRecorder, free_port, serving
 
 
@@ -775,3 +776,13 @@ async def test_after_go_live_activities_against_the_service(tmp_path: Path) -> N
         assert refused.value.non_retryable and refused.value.type == "contract_terminated"
         assert set(acts.all()) >= {acts.issue_bill, acts.refund_payment, acts.terminate_contract}
         await acts.client.aclose()
+
+
+def test_ids_never_look_like_a_card_number_in_a_notice() -> None:
+    """A signing link the notification service refused: 16 hexadecimal characters that were
+    all digits. Every id now has letters enough for the personal-number check."""
+    assert personal_number("http://127.0.0.1:8102/sign/CT-4027318859106274") is not None
+    for _ in range(20_000):
+        contract_id = new_id("CT")
+        assert len(contract_id) == 19
+        assert personal_number(f"http://127.0.0.1:8102/sign/{contract_id}") is None, contract_id
