@@ -75,13 +75,9 @@ class ServiceClient:
         """POST one workflow step: its idempotency key as the header, and as the body its fields
         (`fields` only, when the path already names the rest)."""
         if fields is None:
-            body = step.model_dump(
-                mode="json", exclude={"idempotency_key", "then_notify", "then_project"}
-            )
+            body = step.model_dump(mode="json", exclude={"idempotency_key", *Step.CARRIED})
         else:
-            body = step.model_dump(
-                mode="json", include=set(fields) - {"then_notify", "then_project"}
-            )
+            body = step.model_dump(mode="json", include=set(fields) - Step.CARRIED)
         return await self.call(
             "POST", path, result_type, idempotency_key=step.idempotency_key, body=body
         )

@@ -92,7 +92,7 @@ def _cut(value: str, limit: int = 500) -> str:
 def notice_body(request: NotifyMerchant, link: str) -> dict[str, object]:
     """What `POST /notices` gets: the step without its key, field values masked, the link."""
     body = request.model_dump(
-        mode="json", exclude={"idempotency_key", "contact", "then_notify", "then_project"}
+        mode="json", exclude={"idempotency_key", "contact", *NotifyMerchant.CARRIED}
     )
     body["fields"] = {name: _cut(mask_text(value)) for name, value in request.fields.items()}
     body["detail"] = mask_text(request.detail)
