@@ -30,7 +30,7 @@ def bench(
     out: Annotated[Path, typer.Option(help="Where the JSON results go.")] = DEFAULT_RESULTS,
 ) -> None:
     """Benchmark posflow against a minimal workflow of the same shape, on a dev server started
-    for the run (about 11 minutes with the defaults on 2 cores)."""
+    for the run (about 8 minutes with the defaults on 2 cores)."""
     from bench.harness.report import print_tables, write_json
     from bench.harness.run import Config, run
 
