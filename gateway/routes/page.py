@@ -36,7 +36,14 @@ from gateway.auth import GUARDS
 from gateway.errors import ApiError
 from gateway.resources import ClientDep, ForwarderDep, SettingsDep, workflow
 from gateway.routes.merchant import file_documents
-from schemas.documents import Document, DocumentKind, DocumentSubmission, FieldIssue, IssueCode
+from schemas.documents import (
+    DOCUMENT_NAMES,
+    Document,
+    DocumentKind,
+    DocumentSubmission,
+    FieldIssue,
+    IssueCode,
+)
 from schemas.messages import ReviewOutcome, SubmissionResult
 from schemas.page_links import InvalidLink, LinkProblem, page_key, verify
 from schemas.status import ApplicationStatus, Stage
@@ -80,16 +87,8 @@ STAGE_HINTS: dict[Stage, str] = {
     Stage.EXPIRED: "申请已超过办理期限而失效，如需办理请重新申请。",
     Stage.CANCELLED: "申请已撤回。",
 }
-KIND_NAMES: dict[DocumentKind, str] = {
-    DocumentKind.IDENTITY_CARD: "法定代表人身份证",
-    DocumentKind.PASSPORT: "法定代表人护照",
-    DocumentKind.BUSINESS_LICENCE: "营业执照",
-    DocumentKind.TAX_REGISTRATION: "税务登记证",
-    DocumentKind.ORGANISATION_CODE: "组织机构代码证",
-    DocumentKind.BANK_ACCOUNT_PROOF: "结算账户证明",
-    DocumentKind.PREMISES_PHOTOS: "经营场所照片",
-    DocumentKind.INDUSTRY_LICENCE: "相关行业经营许可证",
-}
+# What merchants call each document: the names the notices use too.
+KIND_NAMES = DOCUMENT_NAMES
 # The form's fields, in order: a document's own field names, shown beside their Chinese label.
 FIELDS: dict[str, str] = {
     "file_id": "扫描件编号",
